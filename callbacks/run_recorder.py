@@ -1,0 +1,55 @@
+"""Records where a run's checkpoints are, in MLflow and in ``runs/<experiment>/latest.json``.
+
+``adagrpo test`` without ``--ckpt_path`` reads ``latest.json`` to find the best checkpoint of the
+latest ``fit``; ``adagrpo compare`` reads the MLflow tags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from datamodules.cache import atomic_write_text
+
+
+class RunRecorder(Callback):
+    """After ``fit``: tag the MLflow run with the best/last checkpoint paths and the best monitored
+    score, and write them to ``runs/<experiment>/latest.json`` (atomically)."""
+
+    def __init__(self, record_dir: str | None = None) -> None:
+        self.record_dir = record_dir
+
+    def _record_path(self, trainer: L.Trainer) -> Path:
+        if self.record_dir:
+            return Path(self.record_dir) / "latest.json"
+        experiment = os.environ.get("ADAGRPO_EXPERIMENT", "default")
+        return Path("runs") / experiment / "latest.json"
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        info = {
+            "best": str(Path(ckpt.best_model_path).resolve()) if ckpt and ckpt.best_model_path else None,
+            "last": str(Path(ckpt.last_model_path).resolve()) if ckpt and ckpt.last_model_path else None,
+            "best_score": float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None,
+            "monitor": ckpt.monitor if ckpt else None,
+            "global_step": trainer.global_step,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        for lg in trainer.loggers:
+            if isinstance(lg, MLFlowLogger):
+                info["mlflow_run_id"] = lg.run_id
+                info["mlflow_experiment"] = lg.name
+                for key in ("best", "last"):
+                    if info[key]:
+                        lg.experiment.set_tag(lg.run_id, f"checkpoint.{key}", info[key])
+                if info["best_score"] is not None:
+                    lg.experiment.set_tag(lg.run_id, "checkpoint.best_score", str(info["best_score"]))
+        if trainer.is_global_zero:
+            atomic_write_text(self._record_path(trainer), json.dumps(info, indent=2))

@@ -1,0 +1,58 @@
+"""Train / validation / test splits of user sequences.
+
+A split yields, per user, the training prefix (for SFT and RL prompts) and evaluation *targets*:
+``(user, position)`` pairs meaning "predict item ``seq[position]`` from ``seq[:position]``".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from datamodules.catalog import Interactions
+from datamodules.errors import ConfigError
+
+
+@dataclass
+class Split:
+    """``train_end[u]``: the training prefix of user ``u`` is ``seq[:train_end[u]]``.
+    ``val`` / ``test``: ``[M, 2]`` arrays of ``(user, position)`` targets."""
+
+    train_end: np.ndarray  # [U]
+    val: np.ndarray  # [Mv, 2]
+    test: np.ndarray  # [Mt, 2]
+
+
+def leave_one_out(data: Interactions) -> Split:
+    """Last item = test target, second-to-last = validation target, the rest trains (users need ≥ 3)."""
+    lengths = data.lengths()
+    if (lengths < 3).any():
+        u = int(np.flatnonzero(lengths < 3)[0])
+        raise ConfigError("split", f"leave-one-out needs sequences of length >= 3; user {data.user_ids[u]!r} "
+                                   f"has {int(lengths[u])} (raise the source's min_length or drop short users)")
+    users = np.arange(data.num_users)
+    return Split(
+        train_end=lengths - 2,
+        val=np.stack([users, lengths - 2], axis=1),
+        test=np.stack([users, lengths - 1], axis=1),
+    )
+
+
+def ratio_split(data: Interactions, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Split:
+    """Positional split of each sequence: the first ``ratios[0]`` of positions train, the next
+    ``ratios[1]`` are validation targets, the rest test targets (each user keeps ≥ 1 of each when
+    the sequence has ≥ 3 items)."""
+    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6:
+        raise ConfigError("ratios", f"must be three non-negative numbers summing to 1, got {ratios}")
+    lengths = data.lengths()
+    n_test = np.maximum(1, np.floor(lengths * ratios[2] + 0.5)).astype(np.int64)
+    n_val = np.maximum(1, np.floor(lengths * ratios[1] + 0.5)).astype(np.int64)
+    train_end = np.maximum(1, lengths - n_test - n_val)
+    val_end = np.minimum(lengths - 1, train_end + n_val)
+    val, test = [], []
+    for u in range(data.num_users):
+        val.extend((u, p) for p in range(int(train_end[u]), int(val_end[u])))
+        test.extend((u, p) for p in range(int(val_end[u]), int(lengths[u])))
+    return Split(train_end=train_end, val=np.asarray(val, dtype=np.int64).reshape(-1, 2),
+                 test=np.asarray(test, dtype=np.int64).reshape(-1, 2))

@@ -1,0 +1,168 @@
+"""What every policy-training LightningModule shares: attaching to the data's SID vocabulary, building
+the policy in ``configure_model``, evaluation, optimizers, and the checkpoint's SID fingerprint.
+
+A checkpoint records the fingerprint of the semantic-ID map it was trained on; loading it against
+data whose SIDs differ fails at once with a message that names both, before any training or decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from datamodules.sequence import PromptBatch, SeqRecDataModule
+from lightning_modules.decoding import DecodingEngine
+from lightning_modules.evaluation import Evaluator
+from lightning_modules.policy import LlamaPolicy, PolicySpec
+from lightning_modules.schedules import WarmupCosine
+
+log = logging.getLogger(__name__)
+
+CKPT_KEY = "adagrpo"
+
+
+class IncompatibleCheckpoint(RuntimeError):
+    """A checkpoint does not fit the data or the model it is loaded into."""
+
+
+class PolicyModule(L.LightningModule):
+    """Base for modules that train a causal-LM policy over semantic IDs.
+
+    Args:
+        policy: the model description (``class_path`` of a :class:`~lightning_modules.policy.PolicySpec`);
+            built in ``configure_model`` once the data's vocabulary is known.
+        optimizer: e.g. ``torch.optim.AdamW`` with its ``init_args`` (default AdamW, lr 1e-3, wd 0.01).
+        scheduler: e.g. :class:`~lightning_modules.schedules.WarmupCosine`, stepped every optimizer step.
+        beam_width: candidates decoded per user in evaluation.
+        ks: HR/NDCG cut-offs.
+        val_unconstrained / test_unconstrained: also evaluate unconstrained decoding (hallucination).
+    """
+
+    def __init__(
+        self,
+        policy: PolicySpec | None = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        beam_width: int = 20,
+        ks: tuple[int, ...] = (1, 5, 10, 20),
+        val_unconstrained: bool = False,
+        test_unconstrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.policy_spec = policy or LlamaPolicy()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.beam_width = beam_width
+        self.ks = tuple(ks)
+        self.val_unconstrained = val_unconstrained
+        self.test_unconstrained = test_unconstrained
+        self.policy: nn.Module | None = None
+        self.data: SeqRecDataModule | None = None
+
+    # ---------------------------------------------------------------------------- data & model
+    def attach(self, data: SeqRecDataModule) -> None:
+        """Take the vocabulary, trie and popularity from the DataModule (idempotent)."""
+        if self.data is data:
+            return
+        data.prepare()
+        self.data = data
+        pending = getattr(self, "_pending_signature", None)
+        if pending is not None:
+            check_signature(pending[0], self.sid_signature(), pending[1])
+            self._pending_signature = None
+        self.engine = DecodingEngine(data.trie, data.vocab)
+        self.register_buffer("popularity", data.train_popularity(), persistent=False)
+        self.val_eval = Evaluator(data.num_items, self.ks, self.beam_width, self.val_unconstrained, mostpop=True)
+        self.test_eval = Evaluator(data.num_items, self.ks, self.beam_width, self.test_unconstrained, mostpop=True)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if not isinstance(dm, SeqRecDataModule):
+            raise TypeError(f"{type(self).__name__} needs a SeqRecDataModule (got {type(dm).__name__})")
+        self.attach(dm)
+
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        if self.data is None:
+            raise RuntimeError("attach() the DataModule before building the model")
+        self.policy, model_vocab = self.policy_spec.build(self.data.vocab)
+        if model_vocab is not self.data.vocab:  # a pretrained tokenizer placed the SID tokens elsewhere
+            self.engine = DecodingEngine(self.data.trie, model_vocab)
+            self.data.set_vocab(model_vocab)
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def sid_signature(self) -> dict[str, Any]:
+        sids = self.data.sids
+        return {
+            "sid_fingerprint": sids.fingerprint(),
+            "codebook_sizes": list(sids.codebook_sizes),
+            "num_items": sids.num_items,
+            "vocab_size": self.data.vocab.vocab_size,
+            "dataset": self.data.data.name,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = {**self.sid_signature(), "policy": self.policy_spec.describe(),
+                                "module": type(self).__name__}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        if self.data is None:  # loaded outside a Trainer: checked when a DataModule is attached
+            self._pending_signature = (checkpoint.get(CKPT_KEY), path or "<checkpoint>")
+            return
+        check_signature(checkpoint.get(CKPT_KEY), self.sid_signature(), path or "<checkpoint>")
+
+    # ---------------------------------------------------------------------------- evaluation
+    def oracle(self, batch: PromptBatch) -> torch.Tensor | None:
+        return self.data.oracle_utility(batch) if self.data is not None else None
+
+    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        self.policy.eval()
+        self.val_eval.update(self.policy, self.engine, batch, self.popularity, self.oracle(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_eval.compute("val")
+        self.log_dict(metrics, sync_dist=False)
+        self.val_eval.reset()
+
+    def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        self.policy.eval()
+        self.test_eval.update(self.policy, self.engine, batch, self.popularity, self.oracle(batch))
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self.test_eval.compute("test")
+        self.log_dict(metrics, sync_dist=False)
+        self.test_eval.reset()
+
+    # ---------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = (self.optimizer_factory(params) if self.optimizer_factory is not None
+                     else torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, WarmupCosine) and scheduler.total_steps is None:
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_signature(saved: dict | None, current: dict, where: str) -> None:
+    """Raise :class:`IncompatibleCheckpoint` unless a checkpoint's SID signature matches the data's."""
+    if saved is None:
+        raise IncompatibleCheckpoint(f"{where}: not an adagrpo checkpoint (no '{CKPT_KEY}' record of its semantic IDs)")
+    if saved.get("sid_fingerprint") != current["sid_fingerprint"]:
+        diffs = [f"{k}: checkpoint {saved.get(k)!r} vs data {current[k]!r}"
+                 for k in ("dataset", "num_items", "codebook_sizes", "vocab_size", "sid_fingerprint")
+                 if saved.get(k) != current[k]]
+        raise IncompatibleCheckpoint(
+            f"{where} was trained on different semantic IDs than the configured data ("
+            + "; ".join(diffs)
+            + "). Use the data config (and SID settings) the checkpoint was trained with."
+        )

@@ -1,0 +1,367 @@
+"""The decoding engine: batched beam search and sampling over semantic IDs, trie-constrained or not.
+
+One engine serves evaluation (beam search, top-K items) and GRPO rollouts (beam or sampling, G per
+prompt). It works with any transformers causal LM that accepts a 4-D attention mask and explicit
+``position_ids`` (LLaMA, Qwen2, Mistral, …).
+
+**Shared-prefix ("tree") attention.** The prompt is prefilled once per user; the K beams of a user
+are *not* copies of it. Each step appends the K new tokens of a user to that user's one cache row,
+and a 4-D mask lets every beam token see the prompt plus its own ancestors only. Nothing is
+expanded K times and the cache is never reordered: a beam's ancestry is a small index tensor.
+The same layout scores G candidates in training (:func:`candidate_logits`): the prompt's keys and
+values are computed once, with gradients, and shared by the group.
+
+All generation settings are explicit arguments (:class:`DecodingConfig`); nothing is read from a
+model's ``generation_config``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from datamodules.semantic_ids import SidVocab
+from datamodules.trie import CatalogTrie
+
+
+@dataclass
+class DecodingConfig:
+    """Every generation setting, explicit.
+
+    Args:
+        mode: ``beam`` (distinct candidates, highest score first) or ``sample``.
+        num_candidates: beam width (= candidates returned) or samples per prompt (G).
+        constrained: restrict every step to codes that continue a catalogue SID (trie).
+        temperature: sampling temperature (``sample`` only).
+        top_k: sample only among the top-k tokens of each step (``sample`` only; None = all).
+    """
+
+    mode: Literal["beam", "sample"] = "beam"
+    num_candidates: int = 20
+    constrained: bool = True
+    temperature: float = 1.0
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        from datamodules.errors import ConfigError
+
+        if self.mode not in ("beam", "sample"):
+            raise ConfigError("decoding.mode", f"must be beam or sample, got {self.mode!r}")
+        if self.num_candidates < 1:
+            raise ConfigError("decoding.num_candidates", f"must be >= 1, got {self.num_candidates}")
+        if self.temperature <= 0:
+            raise ConfigError("decoding.temperature", f"must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError("decoding.top_k", f"must be >= 1 or null, got {self.top_k}")
+
+
+@dataclass
+class Candidates:
+    """Decoded candidates for ``B`` prompts, ``K`` each, SIDs of ``L`` tokens.
+
+    ``tokens``: ``[B, K, L]`` token ids; ``items``: ``[B, K]`` catalogue item (-1 if the SID names none);
+    ``valid``: ``[B, K]``; ``scores``: ``[B, K]`` sum of the chosen tokens' full-vocabulary log-probs
+    (the beam-search ranking score, as HF ``generate`` computes it; -inf for impossible beams);
+    ``logprobs``: ``[B, K, L]`` per-token log-probs on the support decoded from (renormalised over
+    the trie's allowed codes when constrained), at temperature 1.
+    """
+
+    tokens: torch.Tensor
+    items: torch.Tensor
+    valid: torch.Tensor
+    scores: torch.Tensor
+    logprobs: torch.Tensor
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool ``[B, Q, K]`` (True = may attend) → additive float mask ``[B, 1, Q, K]``."""
+    neg = torch.finfo(dtype).min
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, neg)[:, None]
+
+
+def prompt_attention(real: torch.Tensor) -> torch.Tensor:
+    """Causal attention over left-padded prompts ``real [B, P]`` → bool ``[B, P, P]``.
+
+    Padding rows attend to themselves so no row is fully masked (a fully masked row gives NaN that
+    would leak through the padding's keys and values into later layers).
+    """
+    p = real.shape[1]
+    causal = torch.ones(p, p, dtype=torch.bool, device=real.device).tril_()
+    eye = torch.eye(p, dtype=torch.bool, device=real.device)
+    return (causal[None] & real[:, None, :]) | eye[None]
+
+
+_CACHE_ARG: dict[type, str] = {}
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The forward argument (and output field) holding the KV cache: ``cache`` in recent transformers,
+    ``past_key_values`` before."""
+    cls = type(model)
+    if cls not in _CACHE_ARG:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_ARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_ARG[cls]
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+class DecodingEngine:
+    """Beam search / sampling over a catalogue trie. ``trie`` and ``vocab`` come from the DataModule."""
+
+    def __init__(self, trie: CatalogTrie, vocab: SidVocab) -> None:
+        if trie.depth != vocab.depth:
+            raise ValueError(f"trie has {trie.depth} levels but the vocabulary {vocab.depth}")
+        self.trie = trie
+        self.vocab = vocab
+        self.depth = trie.depth
+        self._device = torch.device("cpu")
+        self.token_of = [t.clone() for t in vocab.token_of]
+        self.level_of = vocab.level_of.clone()
+        self.code_of = vocab.code_of.clone()
+
+    def to(self, device: torch.device | str) -> DecodingEngine:
+        device = torch.device(device)
+        if device != self._device:
+            self.trie.to(device)
+            self.token_of = [t.to(device) for t in self.token_of]
+            self.level_of = self.level_of.to(device)
+            self.code_of = self.code_of.to(device)
+            self._device = device
+        return self
+
+    # -------------------------------------------------------------------------------- helpers
+    def token_code(self, tokens: torch.Tensor, level: int) -> torch.Tensor:
+        """Code of each token at ``level``; -1 for tokens that are not codes of that level."""
+        t = tokens.clamp(0, len(self.level_of) - 1)
+        ok = (tokens >= 0) & (tokens < len(self.level_of)) & (self.level_of[t] == level)
+        return torch.where(ok, self.code_of[t], torch.full_like(t, -1))
+
+    def items_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Catalogue item of each full SID ``tokens [..., L]``; -1 if it names none."""
+        codes = torch.stack([self.token_code(tokens[..., level], level) for level in range(self.depth)], -1)
+        return self.trie.lookup(codes)
+
+    def _step_scores(
+        self, logits: torch.Tensor, state: torch.Tensor, level: int, constrained: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-candidate scores for one step.
+
+        Returns ``(full_lp, support_lp, ids)``: log-probs ``[..., C]`` under the full vocabulary
+        (-inf where disallowed) and under the decoding support (renormalised when constrained),
+        and the token id of each column ``[C]``.
+        """
+        full = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
+        if not constrained:
+            ids = torch.arange(full.shape[-1], device=full.device)
+            return full, full, ids
+        ids = self.token_of[level]  # [C]
+        allowed = self.trie.allowed(state, level)  # [..., C]
+        lp = full[..., ids].masked_fill(~allowed, -math.inf)  # [..., C]
+        norm = torch.logsumexp(lp, dim=-1, keepdim=True)
+        support = torch.where(allowed, lp - norm, torch.full_like(lp, -math.inf))
+        return lp, support, ids
+
+    def _advance(self, state: torch.Tensor, tokens: torch.Tensor, level: int) -> torch.Tensor:
+        return self.trie.step(state, self.token_code(tokens, level), level)
+
+    # -------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        model: nn.Module,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        config: DecodingConfig,
+        generator: torch.Generator | None = None,
+    ) -> Candidates:
+        """Decode ``config.num_candidates`` SIDs for each of ``B`` left-padded prompts ``[B, P]``."""
+        self.to(prompt_ids.device)
+        b, p = prompt_ids.shape
+        k, depth = config.num_candidates, self.depth
+        dev = prompt_ids.device
+        dtype = model_dtype(model)
+        real = prompt_mask.bool()
+        n_real = real.long().sum(1)  # [B]
+        beam = config.mode == "beam"
+
+        out = model(
+            input_ids=prompt_ids,
+            attention_mask=additive_mask(prompt_attention(real), dtype),
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache_arg = cache_argument(model)
+        cache = getattr(out, cache_arg)
+        logits = out.logits[:, -1]  # [B, V]
+
+        tokens = torch.zeros(b, k, depth, dtype=torch.long, device=dev)
+        logprobs = torch.zeros(b, k, depth, device=dev)
+        scores = torch.zeros(b, k, device=dev)
+        state = self.trie.root(b)[:, None].expand(b, k).contiguous()  # [B, K]
+        ancestors = torch.zeros(b, k, 0, dtype=torch.long, device=dev)  # cache columns of each beam's tokens
+        rows = torch.arange(b, device=dev)[:, None]
+
+        for level in range(depth):
+            if level > 0:
+                cols = p + (level - 1) * k + torch.arange(k, device=dev)  # [K] columns of the fed tokens
+                width = p + level * k
+                see = torch.zeros(b, k, width, dtype=torch.bool, device=dev)
+                see[:, :, :p] = real[:, None, :]
+                own = torch.cat([ancestors, cols.expand(b, k)[..., None]], dim=-1)  # [B, K, level]
+                see.scatter_(2, own, True)
+                out = model(
+                    input_ids=tokens[:, :, level - 1],
+                    attention_mask=additive_mask(see, dtype),
+                    position_ids=(n_real[:, None] + level - 1).expand(b, k),
+                    use_cache=True,
+                    **{cache_arg: cache},
+                )
+                cache = getattr(out, cache_arg)
+                logits = out.logits  # [B, K, V]
+                ancestors = own
+                step_state = state
+            else:
+                logits = logits[:, None]  # [B, 1, V]: one shared distribution before the first token
+                step_state = state[:, :1]
+            full_lp, support_lp, ids = self._step_scores(logits, step_state, level, config.constrained)
+            c = full_lp.shape[-1]
+            if beam:
+                total = scores[:, : full_lp.shape[1], None] + full_lp  # [B, K or 1, C]
+                total = total.reshape(b, -1)
+                if total.shape[1] < k:  # fewer continuations than beams (tiny catalogue): pad dead beams
+                    total = torch.cat([total, total.new_full((b, k - total.shape[1]), -math.inf)], 1)
+                top, flat = torch.topk(total, k, dim=1)  # [B, K]
+                flat = flat.clamp_max(full_lp.shape[1] * c - 1)
+                parent, col = flat // c, flat % c
+                scores = top
+            else:
+                logits_t = torch.log_softmax(logits.float(), -1) if not config.constrained else full_lp
+                draw = _sample(logits_t / config.temperature, k if level == 0 else 1, config.top_k, generator)
+                col = draw.reshape(b, k)  # [B, K]
+                parent = torch.arange(k, device=dev).expand(b, k) if level > 0 else torch.zeros_like(col)
+                scores = scores.gather(1, parent) + full_lp.reshape(b, -1, c)[rows, parent, col]
+            # Re-index every per-beam record by parent, then append this step's choice.
+            tokens = tokens[rows, parent]
+            logprobs = logprobs[rows, parent]
+            state = state[rows, parent]
+            ancestors = ancestors[rows, parent]
+            tokens[:, :, level] = ids[col]
+            logprobs[:, :, level] = support_lp.reshape(b, -1, c)[rows, parent, col]
+            state = self._advance(state, tokens[:, :, level], level)
+
+        items = torch.where(state >= 0, self.trie.leaf_item[state.clamp_min(0)], torch.full_like(state, -1))
+        valid = (items >= 0) & torch.isfinite(scores)
+        items = torch.where(valid, items, torch.full_like(items, -1))
+        return Candidates(tokens=tokens, items=items, valid=valid, scores=scores, logprobs=logprobs)
+
+
+def _sample(logits: torch.Tensor, n: int, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw ``n`` indices per row of ``logits [B, R, C]`` (``n`` > 1 only when ``R`` == 1) → ``[B, R*n]``."""
+    b, r, c = logits.shape
+    flat = logits.reshape(b * r, c)
+    if top_k is not None and top_k < c:
+        kth = torch.topk(flat, top_k, dim=-1).values[:, -1:]
+        flat = flat.masked_fill(flat < kth, -math.inf)
+    probs = torch.softmax(flat, dim=-1)
+    dead = ~torch.isfinite(flat).any(-1)  # rows with no allowed token: draw index 0, scored -inf later
+    probs = torch.where(dead[:, None], torch.ones_like(probs) / c, probs)
+    draw = torch.multinomial(probs, n, replacement=True, generator=generator)  # [B*R, n]
+    return draw.reshape(b, r * n)
+
+
+# ------------------------------------------------------------------------------------ training-time scoring
+def candidate_logits(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    candidates: torch.Tensor,
+) -> torch.Tensor:
+    """Logits that predict each token of ``G`` candidate SIDs per prompt, in one forward pass.
+
+    The prompt ``[B, P]`` is encoded once and shared by its candidates (tree attention): the input
+    is the prompt followed by every candidate's first ``L-1`` tokens, and candidate ``g``'s tokens see
+    the prompt and their own earlier tokens only. Works with gradients.
+
+    Args:
+        candidates: ``[B, G, L]`` token ids.
+    Returns:
+        ``[B, G, L, V]`` logits; ``[..., l, :]`` is the distribution of token ``l`` given the prompt and
+        tokens ``< l`` of the same candidate.
+    """
+    b, p = prompt_ids.shape
+    _, g, depth = candidates.shape
+    dev = prompt_ids.device
+    real = prompt_mask.bool()
+    n_real = real.long().sum(1)  # [B]
+    body = candidates[:, :, : depth - 1]  # [B, G, L-1]: the last token is never an input
+    m = g * (depth - 1)
+    t = p + m
+    see = torch.zeros(b, t, t, dtype=torch.bool, device=dev)
+    see[:, :p, :p] = prompt_attention(real)
+    if m:
+        see[:, p:, :p] = real[:, None, :]
+        # Candidate token (g, l) sees (g, 0..l): a block-diagonal lower-triangular pattern.
+        idx = torch.arange(m, device=dev)
+        same_cand = (idx[:, None] // (depth - 1)) == (idx[None, :] // (depth - 1))
+        see[:, p:, p:] = (same_cand & (idx[None, :] <= idx[:, None]))[None]
+    inputs = torch.cat([prompt_ids, body.reshape(b, m)], dim=1)  # [B, P + G(L-1)]
+    level = torch.arange(depth - 1, device=dev).repeat(g)  # [G(L-1)] level of each candidate input
+    positions = torch.cat([position_ids, n_real[:, None] + level[None, :]], dim=1)  # [B, T]
+    keep = torch.cat([torch.tensor([p - 1], device=dev), p + torch.arange(m, device=dev)])  # [1 + m]
+    out = model(
+        input_ids=inputs,
+        attention_mask=additive_mask(see, model_dtype(model)),
+        position_ids=positions,
+        use_cache=False,
+        logits_to_keep=keep,
+    )
+    logits = out.logits  # [B, 1 + m, V]
+    first = logits[:, :1].expand(b, g, -1)[:, :, None]  # [B, G, 1, V]
+    rest = logits[:, 1:].reshape(b, g, depth - 1, -1)  # [B, G, L-1, V]
+    return torch.cat([first, rest], dim=2)  # [B, G, L, V]
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    engine: DecodingEngine | None = None,
+    constrained: bool = False,
+) -> torch.Tensor:
+    """Log-prob of each token ``[B, G, L]`` under ``logits [B, G, L, V]``.
+
+    With ``constrained`` the distribution at each step is renormalised over the codes the trie
+    allows after the candidate's prefix (the support constrained decoding samples from). Tokens
+    outside that support get -inf.
+    """
+    logits = logits.float()
+    if not constrained:
+        return torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    assert engine is not None, "constrained log-probs need the decoding engine's trie"
+    engine.to(tokens.device)
+    out = []
+    state = engine.trie.root(tokens[..., 0].numel()).reshape(tokens.shape[:-1])  # [B, G]
+    for level in range(tokens.shape[-1]):
+        ids = engine.token_of[level]  # [C]
+        allowed = engine.trie.allowed(state, level)  # [B, G, C]
+        lv = logits[..., level, :][..., ids].masked_fill(~allowed, -math.inf)  # [B, G, C]
+        lp = lv - torch.logsumexp(lv, -1, keepdim=True)
+        code = engine.token_code(tokens[..., level], level)  # [B, G]
+        ok = code >= 0
+        picked = lp.gather(-1, code.clamp_min(0)[..., None]).squeeze(-1)
+        out.append(torch.where(ok, picked, torch.full_like(picked, -math.inf)))
+        state = engine.trie.step(state, code, level)
+    return torch.stack(out, -1)  # [B, G, L]
