@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -61,6 +63,15 @@ class AdaGRPOCLI(LightningCLI):
         trainer_cfg = sub.get("trainer")
         if trainer_cfg is not None and trainer_cfg.get("default_root_dir") in (None, "", "."):
             trainer_cfg["default_root_dir"] = str(Path("runs") / experiment)
+        # MLflow runs are grouped by experiment; the logger config need not repeat the name.
+        loggers = trainer_cfg.get("logger") if trainer_cfg is not None else None
+        for lg in loggers if isinstance(loggers, list) else [loggers]:
+            if lg is not None and not isinstance(lg, bool) and str(lg.get("class_path", "")).endswith("MLFlowLogger"):
+                init = lg.get("init_args")
+                if init.get("experiment_name") in (None, "lightning_logs"):
+                    init["experiment_name"] = experiment
+                if not init.get("run_name"):
+                    init["run_name"] = f"{experiment}-{self.subcommand}-{time.strftime('%Y%m%d-%H%M%S')}"
         if self.subcommand in ("test", "validate") and not sub.get("ckpt_path"):
             ckpt = latest_checkpoint(experiment)
             if ckpt:
@@ -91,6 +102,6 @@ def run_lightning_cli(argv: list[str]) -> AdaGRPOCLI:
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_callback=MLflowSaveConfig,
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,
         auto_configure_optimizers=True,
     )

@@ -102,6 +102,35 @@ class _Rows(Dataset):
         return i
 
 
+class _Batches(Dataset):
+    """A dataset whose items are whole batches (lists of row ids), so a distributed sampler splits
+    batches, not rows, across processes."""
+
+    def __init__(self, batches: list[np.ndarray], collate) -> None:  # noqa: ANN001
+        self.batches = batches
+        self.collate = collate
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):  # noqa: ANN204
+        return self.collate(self.batches[i].tolist())
+
+
+def bucket_batches(lengths: np.ndarray, batch_size: int, seed: int, chunk: int = 50) -> list[np.ndarray]:
+    """Group rows of similar length into batches (less padding): shuffle, sort each run of
+    ``chunk`` batches' worth of rows by length, cut into batches. Batch order is shuffled by the loader."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    batches = []
+    span = batch_size * chunk
+    for start in range(0, len(order), span):
+        part = order[start:start + span]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    return batches
+
+
 def _left_pad(rows: list[np.ndarray], width: int) -> np.ndarray:
     out = np.full((len(rows), width), PAD_ITEM, dtype=np.int64)
     for r, seq in enumerate(rows):
@@ -287,7 +316,11 @@ class SeqRecDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.prepare()
         if self.train_mode == "sft":
-            return self._loader(len(self.sft_windows), self.batch_size, self.sft_batch, shuffle=True)
+            lengths = (self.sft_windows >= 0).sum(1)
+            batches = bucket_batches(lengths, self.batch_size, self.seed)
+            gen = torch.Generator().manual_seed(self.seed)
+            return DataLoader(_Batches(batches, self.sft_batch), batch_size=None, shuffle=True, generator=gen,
+                              num_workers=self.num_workers)
         targets = self.rl_targets
         return self._loader(len(targets), self.batch_size, lambda rows: self.prompt_batch(targets[rows]), True)
 

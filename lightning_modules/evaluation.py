@@ -88,16 +88,16 @@ class Evaluator(nn.Module):
     def compute(self, stage: str) -> dict[str, torch.Tensor]:
         out = {f"{stage}/{name}": v for name, v in self.rank.compute().items()}
         out[f"{stage}/invalid_rate"] = self.invalid.compute()
-        out[f"{stage}/coverage@{self.k}"] = self.coverage.compute()
-        out[f"{stage}/mean_pop@{self.k}"] = self.popularity.compute()
+        out[f"{stage}/coverage_{self.k}"] = self.coverage.compute()
+        out[f"{stage}/mean_pop_{self.k}"] = self.popularity.compute()
         if self.unconstrained:
             out.update({f"{stage}/unconstrained/{n}": v for n, v in self.u_rank.compute().items()})
             out[f"{stage}/hallucination"] = self.u_invalid.compute()
         if self.mostpop:
             out.update({f"{stage}/mostpop/{n}": v for n, v in self.p_rank.compute().items()})
         if self.true_utility.count > 0:
-            out[f"{stage}/true/utility@{self.k}"] = self.true_utility.compute()
-            out[f"{stage}/true/hr@{self.k}"] = self.true_hit.compute()
+            out[f"{stage}/true/utility_{self.k}"] = self.true_utility.compute()
+            out[f"{stage}/true/hr_{self.k}"] = self.true_hit.compute()
         return out
 
     def reset(self) -> None:

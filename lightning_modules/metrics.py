@@ -46,8 +46,8 @@ class RankingMetrics(Metric):
         n = self.count.clamp_min(1)
         out = {}
         for i, k in enumerate(self.ks):
-            out[f"hr@{k}"] = (self.hits[i] / n).float()
-            out[f"ndcg@{k}"] = (self.ndcg[i] / n).float()
+            out[f"hr_{k}"] = (self.hits[i] / n).float()
+            out[f"ndcg_{k}"] = (self.ndcg[i] / n).float()
         return out
 
 
