@@ -35,6 +35,13 @@ _EXPORTS = {
     "SeqRecDataModule": "datamodules.sequence",
     "TokenBatch": "datamodules.sequence",
     "PromptBatch": "datamodules.sequence",
+    "RewardDataModule": "datamodules.reward_data",
+    "ExposureBatch": "datamodules.reward_data",
+    "ExposureSpec": "datamodules.exposure",
+    "SimulatedExposure": "datamodules.exposure",
+    "WorldExposure": "datamodules.exposure",
+    "CoatExposure": "datamodules.exposure",
+    "CoatSource": "datamodules.exposure",
 }
 
 __all__ = list(_EXPORTS)

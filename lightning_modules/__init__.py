@@ -16,6 +16,13 @@ _EXPORTS = {
     "SFTModule": "lightning_modules.sft",
     "WarmupCosine": "lightning_modules.schedules",
     "RankingMetrics": "lightning_modules.metrics",
+    "RewardModelModule": "lightning_modules.reward",
+    "RewardNet": "lightning_modules.reward",
+    "RewardModel": "lightning_modules.reward",
+    "TrainedReward": "lightning_modules.reward",
+    "TorchReward": "lightning_modules.reward",
+    "OracleReward": "lightning_modules.reward",
+    "NoisyReward": "lightning_modules.reward",
     "HallucinationRate": "lightning_modules.metrics",
 }
 

@@ -1,0 +1,128 @@
+"""The reward model's DataModule: exposure logs (clicks vs exposed-not-clicked) over the same catalogue,
+semantic IDs and splits as the policy's data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.exposure import ExposureLog, ExposureSpec, ExposureSplits, SimulatedExposure, WorldExposure
+from datamodules.semantic_ids import SidBuilder
+from datamodules.sequence import SeqRecDataModule, _left_pad, _Rows
+from datamodules.sources import DataSource
+
+
+@dataclass
+class ExposureBatch:
+    """``history [B, H]`` item indices (left-padded with -1; the scored items are never in it),
+    ``items [B, S]`` shown items, ``labels [B, S]`` (1 click, 0 not, -1 empty slot),
+    ``user [B]``, ``position [B]``."""
+
+    history: torch.Tensor
+    items: torch.Tensor
+    labels: torch.Tensor
+    user: torch.Tensor
+    position: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+
+class RewardDataModule(SeqRecDataModule):
+    """Exposure logs for training and evaluating a reward model (a ranker).
+
+    Args (besides :class:`SeqRecDataModule`'s):
+        exposure: where the logs come from (``class_path`` of an
+            :class:`~datamodules.exposure.ExposureSpec`); default: the synthetic world's own logging
+            policy for the synthetic source, simulated exposure (popularity^α + co-occurrence) otherwise.
+    """
+
+    def __init__(
+        self,
+        source: DataSource | None = None,
+        sids: SidBuilder | None = None,
+        exposure: ExposureSpec | None = None,
+        split: Literal["leave_one_out", "ratio"] = "leave_one_out",
+        ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        max_history: int = 20,
+        batch_size: int = 256,
+        eval_batch_size: int = 512,
+        max_eval_samples: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__(source=source, sids=sids, split=split, ratios=ratios, max_history=max_history,
+                         train_mode="sft", batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         max_eval_samples=max_eval_samples, num_workers=num_workers, seed=seed, use_cache=use_cache)
+        self.exposure_spec = exposure
+        self.logs: ExposureSplits | None = None
+
+    def prepare(self) -> None:
+        if self._prepared:
+            return
+        super().prepare()
+        spec = self.exposure_spec
+        if spec is None:
+            spec = WorldExposure() if getattr(self.source, "world", None) is not None else SimulatedExposure()
+            self.exposure_spec = spec
+        self.logs = spec.build(self.data, self.split.train_end, self.source)
+
+    # ---------------------------------------------------------------------------------- batches
+    def exposure_batch(self, log: ExposureLog, rows: list[int] | np.ndarray) -> ExposureBatch:
+        rows = np.asarray(rows)
+        users, positions = log.user[rows], log.position[rows]
+        items = log.items[rows]  # [B, S]
+        h = self.max_history
+        histories = []
+        for u, p, shown in zip(users, positions, items):
+            seq = self.data.sequence(int(u))[: int(p)]
+            seq = seq[~np.isin(seq, shown)]  # a scored item never appears in its own history
+            histories.append(seq[-h:])
+        return ExposureBatch(
+            history=torch.from_numpy(_left_pad(histories, h)),
+            items=torch.from_numpy(items.copy()),
+            labels=torch.from_numpy(log.labels[rows].copy()),
+            user=torch.from_numpy(users.copy()),
+            position=torch.from_numpy(positions.copy()),
+        )
+
+    def _log_loader(self, log: ExposureLog, batch_size: int, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(_Rows(len(log)), batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=lambda rows: self.exposure_batch(log, rows), generator=gen if shuffle else None)
+
+    def _capped(self, log: ExposureLog) -> ExposureLog:
+        if self.max_eval_samples is None or len(log) <= self.max_eval_samples:
+            return log
+        rng = np.random.default_rng(self.seed)
+        keep = np.zeros(len(log), dtype=bool)
+        keep[rng.choice(len(log), self.max_eval_samples, replace=False)] = True
+        return log.select(keep)
+
+    def train_dataloader(self) -> DataLoader:
+        self.prepare()
+        return self._log_loader(self.logs.train, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.prepare()
+        return self._log_loader(self._capped(self.logs.val), self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.prepare()
+        return self._log_loader(self._capped(self.logs.test), self.eval_batch_size, shuffle=False)
+
+    def report(self) -> dict:
+        out = super().report()
+        self.prepare()
+        out["exposure"] = {
+            "spec": type(self.exposure_spec).__name__,
+            **{f"{name}_events": len(getattr(self.logs, name)) for name in ("train", "val", "test")},
+            "train_positive_rate": self.logs.train.positive_rate(),
+            "unbiased_events": len(self.logs.unbiased) if self.logs.unbiased is not None else 0,
+        }
+        return out

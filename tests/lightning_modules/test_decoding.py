@@ -1,0 +1,334 @@
+"""The decoding engine on a tiny random LLaMA: validity, parity with HF ``generate``, training-time scoring,
+sampling and unconstrained decoding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from datamodules.semantic_ids import SidVocab
+from datamodules.trie import CatalogTrie
+from lightning_modules.decoding import Candidates, DecodingConfig, DecodingEngine, candidate_logits, token_logprobs
+from lightning_modules.policy import LlamaPolicy
+
+SIZES = [6, 5, 4]
+
+
+def make_model(vocab: SidVocab, seed: int = 0):
+    torch.manual_seed(seed)
+    model, _ = LlamaPolicy(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64).build(vocab)
+    # Default init (std 0.02) gives near-uniform logits and near-tied beams; spread them so rankings are stable.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.25)
+    return model.eval()
+
+
+def make_catalogue(n: int, level0: int, seed: int) -> torch.Tensor:
+    """Up to ``n`` distinct code tuples over SIZES, first-level codes restricted to ``range(level0)``."""
+    gen = torch.Generator().manual_seed(seed)
+    cols = [torch.randint(level0, (3 * n,), generator=gen)] + [
+        torch.randint(s, (3 * n,), generator=gen) for s in SIZES[1:]
+    ]
+    codes = torch.unique(torch.stack(cols, 1), dim=0)
+    return codes[torch.randperm(len(codes), generator=gen)[:n]]
+
+
+class World:
+    def __init__(self, codes: torch.Tensor, seed: int = 0) -> None:
+        self.codes = codes
+        self.vocab = SidVocab(SIZES)
+        self.trie = CatalogTrie(codes, SIZES)
+        self.engine = DecodingEngine(self.trie, self.vocab)
+        self.model = make_model(self.vocab, seed)
+        self.item_tokens = self.vocab.encode(codes)  # [N, L]
+        self.sid_to_item = {tuple(t): i for i, t in enumerate(self.item_tokens.tolist())}
+
+    def next_tokens(self, prefix: list[int]) -> list[int]:
+        """Token ids that continue the token prefix towards a catalogue SID (plain Python)."""
+        n = len(prefix)
+        return sorted({t[n] for t in self.sid_to_item if list(t[:n]) == prefix})
+
+
+def make_prompts(vocab: SidVocab, pads: list[int], length: int, seed: int = 1):
+    """Left-padded prompts ``[B, length]``: <bos> then random SID tokens, ``pads[b]`` pad slots first."""
+    gen = torch.Generator().manual_seed(seed)
+    b = len(pads)
+    ids = torch.randint(3, vocab.vocab_size, (b, length), generator=gen)
+    mask = torch.ones(b, length, dtype=torch.long)
+    for r, pad in enumerate(pads):
+        mask[r, :pad] = 0
+        ids[r, :pad] = vocab.pad_id
+        ids[r, pad] = vocab.bos_id
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    return ids, mask, positions
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World(make_catalogue(60, level0=6, seed=0))
+
+
+@pytest.fixture(scope="module")
+def narrow() -> World:
+    """Only two first-level codes: fewer than the beam width."""
+    return World(make_catalogue(30, level0=2, seed=1), seed=1)
+
+
+def check_candidates(w: World, out: Candidates, b: int, k: int) -> None:
+    assert out.tokens.shape == (b, k, 3) and out.items.shape == (b, k) and out.scores.shape == (b, k)
+    assert out.logprobs.shape == (b, k, 3)
+    for r in range(b):
+        for j in range(k):
+            sid = tuple(out.tokens[r, j].tolist())
+            item = w.sid_to_item.get(sid, -1)
+            assert int(out.items[r, j]) == item
+            assert bool(out.valid[r, j]) == (item >= 0)
+
+
+# ------------------------------------------------------------------------------------------------ (a) validity
+
+
+@pytest.mark.parametrize("which", ["world", "narrow"])
+def test_constrained_beam_returns_only_catalogue_items(which, request):
+    w: World = request.getfixturevalue(which)
+    k = 8
+    ids, mask, pos = make_prompts(w.vocab, [0, 3, 6, 1], 9)
+    out = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", k, constrained=True))
+    check_candidates(w, out, 4, k)
+    assert out.valid.all()  # invalid rate exactly 0
+    assert float((~out.valid).float().mean()) == 0.0
+    for r in range(4):
+        assert len(set(out.items[r].tolist())) == k  # distinct candidates
+        assert (out.scores[r, :-1] >= out.scores[r, 1:]).all()  # best first
+    # Scores are sums of full-vocabulary log-probs; per-token support log-probs are ≤ 0 and finite.
+    assert torch.isfinite(out.scores).all() and (out.scores < 0).all()
+    assert torch.isfinite(out.logprobs).all() and (out.logprobs <= 1e-6).all()
+    if which == "narrow":
+        assert len(set(w.codes[:, 0].tolist())) < k
+
+
+def test_catalogue_smaller_than_beam_pads_with_dead_beams():
+    w = World(torch.tensor([[0, 1, 2], [0, 1, 3], [2, 0, 0]]))
+    ids, mask, pos = make_prompts(w.vocab, [0, 2], 6)
+    out = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", 5, constrained=True))
+    for r in range(2):
+        assert sorted(out.items[r, :3].tolist()) == [0, 1, 2]  # the whole catalogue, first
+        assert out.valid[r].tolist() == [True, True, True, False, False]
+        assert out.items[r, 3:].tolist() == [-1, -1]
+        assert torch.isneginf(out.scores[r, 3:]).all()
+
+
+# ------------------------------------------------------------------------------------------------ (b) HF parity
+
+
+@pytest.mark.parametrize("which", ["world", "narrow"])
+def test_beam_search_matches_hf_generate(which, request):
+    from transformers import GenerationConfig
+
+    w: World = request.getfixturevalue(which)
+    k, depth = 6, 3
+    pads = [0, 4, 2, 7]
+    ids, mask, pos = make_prompts(w.vocab, pads, 11, seed=5)
+    ours = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", k, constrained=True))
+    for r in range(len(pads)):
+        prompt = ids[r, mask[r].bool()][None]  # unpadded
+        n = prompt.shape[1]
+
+        def allowed(batch_id, input_ids, n=n):
+            gen = input_ids[n:].tolist()
+            return w.next_tokens(gen) if len(gen) < depth else [w.vocab.pad_id]
+
+        config = GenerationConfig(
+            num_beams=k, num_return_sequences=k, max_new_tokens=depth, do_sample=False, length_penalty=0.0,
+            early_stopping=True, output_scores=True, return_dict_in_generate=True,
+            pad_token_id=w.vocab.pad_id, eos_token_id=w.vocab.eos_id, bos_token_id=w.vocab.bos_id,
+        )
+        with torch.no_grad():
+            ref = w.model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config,
+                                   prefix_allowed_tokens_fn=allowed)
+        assert ref.sequences[:, n:].tolist() == ours.tokens[r].tolist(), f"prompt {r} (left pad {pads[r]})"
+        torch.testing.assert_close(ours.scores[r], ref.sequences_scores.float(), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ (c) scoring
+
+
+def reference_logprobs(w: World, ids, mask, cands: torch.Tensor, constrained: bool) -> torch.Tensor:
+    """Per-candidate plain forward passes on the unpadded prompt + candidate: ``[B, G, L]`` log-probs."""
+    b, g, depth = cands.shape
+    out = torch.empty(b, g, depth)
+    for r in range(b):
+        prompt = ids[r, mask[r].bool()]
+        n = len(prompt)
+        for j in range(g):
+            seq = torch.cat([prompt, cands[r, j]])[None]
+            with torch.no_grad():
+                logits = w.model(seq).logits[0, n - 1: n - 1 + depth].float()  # [L, V]
+            for lv in range(depth):
+                tok = int(cands[r, j, lv])
+                if not constrained:
+                    out[r, j, lv] = torch.log_softmax(logits[lv], -1)[tok]
+                    continue
+                allowed = w.next_tokens(cands[r, j, :lv].tolist())
+                if tok not in allowed:
+                    out[r, j, lv] = -math.inf
+                    continue
+                sub = torch.log_softmax(logits[lv, allowed], -1)
+                out[r, j, lv] = sub[allowed.index(tok)]
+    return out
+
+
+def mixed_candidates(w: World, b: int, g: int, seed: int) -> torch.Tensor:
+    """``[B, G, L]``: catalogue SIDs, plus (in the last slot) a random token triple of the right levels."""
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(w.item_tokens), (b, g), generator=gen)
+    cands = w.item_tokens[pick].clone()
+    for lv, ids in enumerate(w.vocab.token_of):
+        cands[:, -1, lv] = ids[torch.randint(len(ids), (b,), generator=gen)]
+    return cands
+
+
+def test_candidate_logits_match_plain_forward(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 5, 2], 10, seed=7)
+    cands = mixed_candidates(w, 3, 4, seed=3)
+    logits = candidate_logits(w.model, ids, mask, pos, cands)
+    assert logits.shape == (3, 4, 3, w.vocab.vocab_size)
+    lp = token_logprobs(logits, cands)
+    torch.testing.assert_close(lp, reference_logprobs(w, ids, mask, cands, constrained=False), atol=1e-5, rtol=0)
+
+
+def test_constrained_token_logprobs_match_renormalised_reference(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 5, 2], 10, seed=7)
+    cands = w.item_tokens[torch.tensor([[0, 5, 9, 13], [1, 2, 3, 4], [59, 30, 20, 10]])]  # valid SIDs
+    logits = candidate_logits(w.model, ids, mask, pos, cands)
+    lp = token_logprobs(logits, cands, w.engine, constrained=True)
+    ref = reference_logprobs(w, ids, mask, cands, constrained=True)
+    torch.testing.assert_close(lp, ref, atol=1e-5, rtol=0)
+    # A constrained log-prob is at least the full-vocabulary one (renormalised over fewer tokens).
+    assert (lp >= token_logprobs(logits, cands) - 1e-6).all()
+
+
+def test_constrained_logprobs_of_an_invalid_first_token_is_minus_inf(narrow):
+    w = narrow
+    ids, mask, pos = make_prompts(w.vocab, [0, 3], 8, seed=2)
+    cands = w.item_tokens[:2].clone()[:, None]  # [2, 1, L]
+    cands[:, 0, 0] = w.vocab.token_of[0][5]  # the narrow catalogue only uses first-level codes 0 and 1
+    lp = token_logprobs(candidate_logits(w.model, ids, mask, pos, cands), cands, w.engine, constrained=True)
+    assert torch.isneginf(lp[..., 0]).all()
+
+
+def dead_after_first_level(w: World) -> torch.Tensor:
+    """A token triple whose first code is in the catalogue but whose first two codes are not."""
+    prefixes = {tuple(c[:2]) for c in w.codes.tolist()}
+    a, b = next((a, b) for a in range(SIZES[0]) for b in range(SIZES[1])
+                if (a,) in {(c[0],) for c in w.codes.tolist()} and (a, b) not in prefixes)
+    return torch.stack([w.vocab.token_of[0][a], w.vocab.token_of[1][b], w.vocab.token_of[2][0]])
+
+
+@pytest.mark.xfail(reason="token_logprobs(constrained=True) gives NaN (not -inf) after a dead prefix: "
+                          "log-softmax over an all -inf row", strict=False)
+def test_constrained_logprobs_after_a_dead_prefix_are_minus_inf_not_nan(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 3], 8, seed=2)
+    cands = torch.stack([w.item_tokens[0], dead_after_first_level(w)])[None].expand(2, 2, 3).contiguous()
+    lp = token_logprobs(candidate_logits(w.model, ids, mask, pos, cands), cands, w.engine, constrained=True)
+    assert torch.isfinite(lp[:, 0]).all() and torch.isfinite(lp[:, 1, 0]).all()
+    assert torch.isneginf(lp[:, 1, 1]).all()
+    assert torch.isneginf(lp[:, 1, 2]).all()  # NaN today
+
+
+def test_scoring_matches_beam_search_and_gradients_flow(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [4, 0], 9, seed=4)
+    out = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", 5, constrained=True))
+    w.model.zero_grad(set_to_none=True)
+    logits = candidate_logits(w.model, ids, mask, pos, out.tokens)
+    full = token_logprobs(logits, out.tokens)
+    support = token_logprobs(logits, out.tokens, w.engine, constrained=True)
+    # The rollout's scores are sums of full-vocabulary log-probs; its logprobs are the constrained support's.
+    torch.testing.assert_close(full.sum(-1).detach(), out.scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(support.detach(), out.logprobs, atol=1e-5, rtol=0)
+    (support.sum() + full.sum()).backward()
+    grads = [p.grad for p in w.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert w.model.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert w.model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    w.model.zero_grad(set_to_none=True)
+
+
+# ------------------------------------------------------------------------------------------------ (d) sampling
+
+
+def test_constrained_sampling(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 2, 5], 9, seed=8)
+    config = DecodingConfig("sample", 16, constrained=True, temperature=1.5)
+    a = w.engine.generate(w.model, ids, mask, pos, config, generator=torch.Generator().manual_seed(123))
+    b = w.engine.generate(w.model, ids, mask, pos, config, generator=torch.Generator().manual_seed(123))
+    c = w.engine.generate(w.model, ids, mask, pos, config, generator=torch.Generator().manual_seed(124))
+    check_candidates(w, a, 3, 16)
+    assert a.valid.all()
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.scores, b.scores)
+    assert not torch.equal(a.tokens, c.tokens)
+    assert len(set(a.items.flatten().tolist())) > 3  # a real spread at temperature 1.5
+    # Per-token logprobs are those of the constrained support at temperature 1, the scores full-vocabulary sums.
+    logits = candidate_logits(w.model, ids, mask, pos, a.tokens)
+    torch.testing.assert_close(a.logprobs, token_logprobs(logits, a.tokens, w.engine, True).detach(),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.scores, token_logprobs(logits, a.tokens).sum(-1).detach(), atol=1e-4, rtol=0)
+
+
+def test_low_temperature_sampling_is_greedy(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 2, 5], 9, seed=9)
+    greedy = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", 1, constrained=True))
+    cold = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("sample", 12, constrained=True,
+                                                                     temperature=1e-4),
+                             generator=torch.Generator().manual_seed(0))
+    assert (cold.tokens == greedy.tokens).all()  # [B, 12, L] vs [B, 1, L], broadcast
+    # Greedy by hand: the argmax allowed token at each step.
+    prompt = ids[0, mask[0].bool()]
+    seq = prompt.tolist()
+    with torch.no_grad():
+        for _ in range(3):
+            logits = w.model(torch.tensor([seq])).logits[0, -1]
+            allowed = w.next_tokens(seq[len(prompt):])
+            seq.append(allowed[int(torch.argmax(logits[allowed]))])
+    assert greedy.tokens[0, 0].tolist() == seq[len(prompt):]
+
+
+def test_top_k_1_sampling_is_greedy(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [1, 0], 8, seed=10)
+    greedy = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", 1, constrained=True))
+    top1 = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("sample", 4, constrained=True, top_k=1),
+                             generator=torch.Generator().manual_seed(0))
+    assert (top1.tokens == greedy.tokens).all()
+
+
+# ------------------------------------------------------------------------------------------------ (e) unconstrained
+
+
+@pytest.mark.parametrize("mode", ["beam", "sample"])
+def test_unconstrained_decoding_marks_invalid_sids(world, mode):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 3, 1, 6], 9, seed=12)
+    out = w.engine.generate(w.model, ids, mask, pos, DecodingConfig(mode, 10, constrained=False),
+                            generator=torch.Generator().manual_seed(0))
+    check_candidates(w, out, 4, 10)  # items / valid agree with a plain dictionary lookup
+    assert (~out.valid).any()  # 60 items in a 120-tuple code space and a 21-token vocabulary: invalid SIDs happen
+    assert (out.items[~out.valid] == -1).all()
+    assert torch.isfinite(out.scores).all()
+    # Unconstrained per-token log-probs are full-vocabulary ones.
+    logits = candidate_logits(w.model, ids, mask, pos, out.tokens)
+    torch.testing.assert_close(out.logprobs, token_logprobs(logits, out.tokens).detach(), atol=1e-5, rtol=0)
+    if mode == "beam":
+        for r in range(4):
+            assert len({tuple(t) for t in out.tokens[r].tolist()}) == 10  # distinct beams
