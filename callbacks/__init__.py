@@ -6,6 +6,11 @@ import importlib
 
 _EXPORTS = {
     "RunRecorder": "callbacks.run_recorder",
+    "Gate": "callbacks.gates",
+    "ThresholdGate": "callbacks.gates",
+    "PolicyDifficultyGate": "callbacks.gates",
+    "RewardDiscriminabilityGate": "callbacks.gates",
+    "PluginGate": "callbacks.gates",
 }
 
 __all__ = list(_EXPORTS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -52,4 +53,13 @@ class RunRecorder(Callback):
                 if info["best_score"] is not None:
                     lg.experiment.set_tag(lg.run_id, "checkpoint.best_score", str(info["best_score"]))
         if trainer.is_global_zero:
-            atomic_write_text(self._record_path(trainer), json.dumps(info, indent=2))
+            record = self._record_path(trainer)
+            # Stable copies next to the record, so later stages can name runs/<experiment>/best.ckpt.
+            for key in ("best", "last"):
+                if info[key]:
+                    dest = record.parent / f"{key}.ckpt"
+                    tmp = dest.with_suffix(".ckpt.tmp")
+                    shutil.copy2(info[key], tmp)
+                    os.replace(tmp, dest)
+                    info[f"{key}_copy"] = str(dest.resolve())
+            atomic_write_text(record, json.dumps(info, indent=2))

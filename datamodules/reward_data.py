@@ -52,13 +52,15 @@ class RewardDataModule(SeqRecDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 512,
         max_eval_samples: int | None = None,
+        max_test_samples: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
         use_cache: bool = True,
     ) -> None:
         super().__init__(source=source, sids=sids, split=split, ratios=ratios, max_history=max_history,
                          train_mode="sft", batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         max_eval_samples=max_eval_samples, num_workers=num_workers, seed=seed, use_cache=use_cache)
+                         max_eval_samples=max_eval_samples, max_test_samples=max_test_samples,
+                         num_workers=num_workers, seed=seed, use_cache=use_cache)
         self.exposure_spec = exposure
         self.logs: ExposureSplits | None = None
 
@@ -96,12 +98,11 @@ class RewardDataModule(SeqRecDataModule):
         return DataLoader(_Rows(len(log)), batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=lambda rows: self.exposure_batch(log, rows), generator=gen if shuffle else None)
 
-    def _capped(self, log: ExposureLog) -> ExposureLog:
-        if self.max_eval_samples is None or len(log) <= self.max_eval_samples:
+    def _capped(self, log: ExposureLog, cap: int | None) -> ExposureLog:
+        if cap is None or len(log) <= cap:
             return log
-        rng = np.random.default_rng(self.seed)
         keep = np.zeros(len(log), dtype=bool)
-        keep[rng.choice(len(log), self.max_eval_samples, replace=False)] = True
+        keep[np.random.default_rng(self.seed).choice(len(log), cap, replace=False)] = True
         return log.select(keep)
 
     def train_dataloader(self) -> DataLoader:
@@ -110,11 +111,11 @@ class RewardDataModule(SeqRecDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.prepare()
-        return self._log_loader(self._capped(self.logs.val), self.eval_batch_size, shuffle=False)
+        return self._log_loader(self._capped(self.logs.val, self.max_eval_samples), self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         self.prepare()
-        return self._log_loader(self._capped(self.logs.test), self.eval_batch_size, shuffle=False)
+        return self._log_loader(self._capped(self.logs.test, self.max_test_samples), self.eval_batch_size, shuffle=False)
 
     def report(self) -> dict:
         out = super().report()

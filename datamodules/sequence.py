@@ -154,7 +154,8 @@ class SeqRecDataModule(L.LightningDataModule):
         train_mode: ``sft`` (windows, every item a target) or ``prompts`` (history → next item, for RL).
         rl_prompts: ``all`` training positions as RL prompts, or only each user's ``last`` one.
         batch_size, eval_batch_size: per-process batch sizes.
-        max_eval_samples: cap on validation/test prompts (a seeded random subset; None = all).
+        max_eval_samples: cap on validation prompts (a seeded random subset; None = all).
+        max_test_samples: cap on test prompts (None = all).
         num_workers: DataLoader workers.
         seed: shuffling and eval-subset seed.
         use_cache: cache semantic IDs on disk (``$ADAGRPO_CACHE``, default ``.adagrpo_cache``).
@@ -172,6 +173,7 @@ class SeqRecDataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 256,
         max_eval_samples: int | None = None,
+        max_test_samples: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
         use_cache: bool = True,
@@ -203,6 +205,7 @@ class SeqRecDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_eval_samples = max_eval_samples
+        self.max_test_samples = max_test_samples
         self.num_workers = num_workers
         self.seed = seed
         self.use_cache = use_cache
@@ -269,14 +272,8 @@ class SeqRecDataModule(L.LightningDataModule):
             rl.extend((u, p) for p in positions)
         self.rl_targets = np.asarray(rl, dtype=np.int64).reshape(-1, 2)
         rng = np.random.default_rng(self.seed)
-        self.val_targets = self._subsample(split.val, rng)
-        self.test_targets = self._subsample(split.test, rng)
-
-    def _subsample(self, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self.max_eval_samples is None or len(targets) <= self.max_eval_samples:
-            return targets
-        keep = np.sort(rng.choice(len(targets), self.max_eval_samples, replace=False))
-        return targets[keep]
+        self.val_targets = _subsample(split.val, self.max_eval_samples, rng)
+        self.test_targets = _subsample(split.test, self.max_test_samples, rng)
 
     # ------------------------------------------------------------------------------ batches
     def sft_batch(self, rows: list[int]) -> TokenBatch:
@@ -380,6 +377,13 @@ class SeqRecDataModule(L.LightningDataModule):
             "sid_table": self.sids.save_table(out / "sid_table.tsv", self.data),
             "sid_index": self.sids.save_index(out / f"{self.data.name}.index.json"),
         }
+
+
+def _subsample(targets: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    """A seeded random subset of at most ``cap`` rows, in their original order."""
+    if cap is None or len(targets) <= cap:
+        return targets
+    return targets[np.sort(rng.choice(len(targets), cap, replace=False))]
 
 
 def _with_bos(items: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,11 @@ _EXPORTS = {
     "TorchReward": "lightning_modules.reward",
     "OracleReward": "lightning_modules.reward",
     "NoisyReward": "lightning_modules.reward",
+    "GRPOModule": "lightning_modules.grpo",
+    "Balancer": "lightning_modules.balancers",
+    "FixedWeight": "lightning_modules.balancers",
+    "GatedBalance": "lightning_modules.balancers",
+    "MarginWeighted": "lightning_modules.balancers",
     "HallucinationRate": "lightning_modules.metrics",
 }
 

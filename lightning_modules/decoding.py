@@ -360,7 +360,7 @@ def token_logprobs(
         lv = logits[..., level, :][..., ids].masked_fill(~allowed, -math.inf)  # [B, G, C]
         lp = lv - torch.logsumexp(lv, -1, keepdim=True)
         code = engine.token_code(tokens[..., level], level)  # [B, G]
-        ok = code >= 0
+        ok = (code >= 0) & (state >= 0)  # a wrong-level token or a dead prefix: -inf, never NaN
         picked = lp.gather(-1, code.clamp_min(0)[..., None]).squeeze(-1)
         out.append(torch.where(ok, picked, torch.full_like(picked, -math.inf)))
         state = engine.trie.step(state, code, level)

@@ -34,7 +34,8 @@ class RankingMetrics(Metric):
     def update(self, ranked: torch.Tensor, target: torch.Tensor) -> None:
         match = (ranked == target[:, None]) & (ranked >= 0)  # [B, R]
         found = match.any(1)  # [B]
-        rank = torch.where(found, match.float().argmax(1), torch.full_like(target, ranked.shape[1]))  # [B]
+        miss = max(ranked.shape[1], *self.ks)  # a miss ranks past every K, even when the list is shorter than K
+        rank = torch.where(found, match.float().argmax(1), torch.full_like(target, miss))  # [B]
         ks = torch.tensor(self.ks, device=ranked.device)
         hit = rank[:, None] < ks[None, :]  # [B, nK]
         gain = 1.0 / torch.log2(rank.double() + 2.0)  # [B]

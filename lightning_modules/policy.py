@@ -204,5 +204,18 @@ def _finish(model: nn.Module, gradient_checkpointing: bool) -> None:
     model.config.use_cache = False
 
 
+def spec_from_description(desc: dict) -> PolicySpec:
+    """Rebuild a :class:`PolicySpec` from :meth:`PolicySpec.describe` output (stored in checkpoints)."""
+    import inspect
+
+    classes = {c.__name__: c for c in (LlamaPolicy, Qwen2Policy, PretrainedPolicy)}
+    name = desc.get("class")
+    if name not in classes:
+        raise ConfigError("model.policy", f"checkpoint describes an unknown policy class {name!r}; give model.policy")
+    cls = classes[name]
+    params = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in desc.items() if k in params})
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

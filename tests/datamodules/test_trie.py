@@ -18,7 +18,8 @@ def code_tables(draw):
     space = 1
     for s in sizes:
         space *= s
-    n = draw(st.integers(1, min(300, space)))
+    # A size fraction (hypothesis favours 0, 1 and simple values: tiny, full and half-full tables all occur).
+    n = max(1, round(draw(st.floats(0, 1)) * min(300, space)))
     # Distinct tuples: a sample of distinct flat indices of the code space, decoded mixed-radix.
     seed = draw(st.integers(0, 2**31 - 1))
     flat = torch.randperm(space, generator=torch.Generator().manual_seed(seed))[:n].tolist()
@@ -32,19 +33,8 @@ def code_tables(draw):
     return sizes, table
 
 
-def _prefixes_to_check(data, sizes, table, level):
-    """Prefixes of length ``level``: every catalogue prefix plus random (mostly dead) ones, some out of range."""
-    valid = sorted({t[:level] for t in table})
-    rand = data.draw(
-        st.lists(st.tuples(*[st.integers(-1, s) for s in sizes[:level]]), min_size=0, max_size=20), label="random"
-    )
-    return valid + rand
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tables=code_tables(), data=st.data())
-def test_trie_matches_python_set(tables, data):
-    sizes, table = tables
+def check_against_python_set(sizes: list[int], table: list[tuple[int, ...]], random_prefixes) -> None:
+    """Compare every trie query with a plain set of tuples; ``random_prefixes(level)`` gives extra prefixes."""
     depth = len(sizes)
     trie = CatalogTrie(torch.tensor(table, dtype=torch.long), sizes)
     index = {t: i for i, t in enumerate(table)}
@@ -52,9 +42,8 @@ def test_trie_matches_python_set(tables, data):
     assert trie.num_items == len(table) and trie.depth == depth
 
     for level in range(depth + 1):
-        prefixes = _prefixes_to_check(data, sizes, table, level)
-        if not prefixes:
-            continue
+        # Every catalogue prefix of this length, plus random (mostly dead, some out-of-range) ones.
+        prefixes = sorted({t[:level] for t in table}) + random_prefixes(level)
         if level == 0:
             state = trie.root(len(prefixes))
             is_pre = torch.ones(len(prefixes), dtype=torch.bool)
@@ -86,6 +75,35 @@ def test_trie_matches_python_set(tables, data):
 
     # Every item's own SID looks up to itself.
     assert torch.equal(trie.lookup(torch.tensor(table, dtype=torch.long)), torch.arange(len(table)))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables=code_tables(), data=st.data())
+def test_trie_matches_python_set(tables, data):
+    sizes, table = tables
+
+    def random_prefixes(level: int) -> list[tuple[int, ...]]:
+        return data.draw(
+            st.lists(st.tuples(*[st.integers(-1, s) for s in sizes[:level]]), max_size=20), label=f"level {level}"
+        )
+
+    check_against_python_set(sizes, table, random_prefixes)
+
+
+@pytest.mark.parametrize("sizes,n", [([12, 12, 12, 12], 300), ([3, 12, 2], 72), ([1, 1, 5], 5), ([300], 300)])
+def test_trie_matches_python_set_large(sizes, n):
+    gen = torch.Generator().manual_seed(n)
+    cols = torch.stack([torch.randint(s, (4 * n,), generator=gen) for s in sizes], 1)
+    table = [tuple(t) for t in torch.unique(cols, dim=0).tolist()]
+    table = [table[i] for i in torch.randperm(len(table), generator=gen)[:n].tolist()]
+
+    def random_prefixes(level: int) -> list[tuple[int, ...]]:
+        if level == 0:
+            return []
+        hi = torch.tensor([s + 1 for s in sizes[:level]])
+        return [tuple(t) for t in (torch.rand(30, level, generator=gen) * (hi + 1)).long().sub(1).tolist()]
+
+    check_against_python_set(sizes, table, random_prefixes)
 
 
 def test_dead_state_allows_nothing():

@@ -130,6 +130,26 @@ def test_prepare_beauty(data_root, beauty_dir, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "prepared" / "beauty" / "sid_table.tsv").is_file()
 
 
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_prepare_beauty_default_config(data_root, beauty_dir, tmp_path, monkeypatch, capsys):
+    """beauty.yaml as shipped: RQ-KMeans over 64-d text embeddings, 3 × 256 codes (about 9 s)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ADAGRPO_DATA_ROOT", str(data_root))
+    code = run_main(["prepare", "--config", str(CONFIGS / "data" / "beauty.yaml"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    stats = report["stats"]
+    assert (stats["users"], stats["items"], stats["interactions"]) == (22363, 12101, 198502)
+    assert report["codebook_sizes"][:3] == [256, 256, 256]
+    assert report["sids"]["method"] == "rq-kmeans" and report["sids"]["embedding_dim"] == 64
+    table = tmp_path / "runs" / "prepared" / "beauty" / "sid_table.tsv"
+    rows = table.read_text().splitlines()
+    assert len(rows) == 1 + 12101
+    assert len({r.split("\t")[2] for r in rows[1:]}) == 12101  # bijective after dedup
+
+
 def test_prepare_bad_data_path_exits_1_naming_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     empty_root = tmp_path / "no_data_here"

@@ -25,9 +25,10 @@ def random_rankings(b: int, r: int, n_items: int, seed: int) -> tuple[torch.Tens
     return ranked, target
 
 
-def as_retrieval(ranked: torch.Tensor, target: torch.Tensor):
+def as_retrieval(ranked: torch.Tensor, target: torch.Tensor, pad_to: int = 0):
     """One query per user: a document per list slot scored by its rank (first = highest), relevant iff it is the
-    target (a -1 slot is a non-relevant document), plus the target itself scored below everything when absent."""
+    target (a -1 slot is a non-relevant document); when absent, the target itself is appended below everything,
+    after non-relevant filler up to ``pad_to`` documents so it never lands inside a top-K."""
     preds, rel, idx = [], [], []
     b, r = ranked.shape
     for u in range(b):
@@ -40,22 +41,26 @@ def as_retrieval(ranked: torch.Tensor, target: torch.Tensor):
             preds.append(float(r - j))
             rel.append(hit)
             idx.append(u)
-        if not found:
-            preds.append(-1.0)
+        if not found:  # the target ranks below everything, and past every K even when R < K
+            for pad in range(pad_to - r):
+                preds.append(-1.0 - pad)
+                rel.append(False)
+                idx.append(u)
+            preds.append(-1.0 - pad_to)
             rel.append(True)
             idx.append(u)
     return torch.tensor(preds), torch.tensor(rel), torch.tensor(idx)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ranking_metrics_match_torchmetrics(seed):
+@pytest.mark.parametrize("seed,r", [(0, 10), (1, 10), (2, 20), (3, 4)])
+def test_ranking_metrics_match_torchmetrics(seed, r):
     ks = (1, 3, 5, 10)
     ours = RankingMetrics(ks)
     refs = {k: (RetrievalHitRate(top_k=k), RetrievalNormalizedDCG(top_k=k)) for k in ks}
     for chunk in range(3):  # several updates accumulate
-        ranked, target = random_rankings(40, 10, 50, seed * 10 + chunk)
+        ranked, target = random_rankings(40, r, 50, seed * 10 + chunk)
         ours.update(ranked, target)
-        preds, rel, idx = as_retrieval(ranked, target)
+        preds, rel, idx = as_retrieval(ranked, target, pad_to=max(ks))
         for hr, ndcg in refs.values():
             hr.update(preds, rel, indexes=idx + 100 * chunk)
             ndcg.update(preds, rel, indexes=idx + 100 * chunk)
@@ -94,6 +99,15 @@ def test_invalid_entries_never_hit():
     m = RankingMetrics(ks=(1, 2))
     m.update(torch.tensor([[4, 2, 2]]), torch.tensor([2]))
     assert float(m.compute()["ndcg_2"]) == pytest.approx(1 / math.log2(3))
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")
+def test_a_list_shorter_than_k_never_turns_a_miss_into_a_hit():
+    m = RankingMetrics(ks=(1, 5, 10))
+    m.update(torch.tensor([[1, 2, 3], [7, 8, 9]]), torch.tensor([1, 2]))  # R = 3 < K = 5, 10; user1 misses
+    out = m.compute()
+    assert [float(out[f"hr_{k}"]) for k in (1, 5, 10)] == [0.5, 0.5, 0.5]
+    assert [float(out[f"ndcg_{k}"]) for k in (1, 5, 10)] == [0.5, 0.5, 0.5]
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method")

@@ -1,0 +1,353 @@
+"""GRPO and AdaGRPO in one LightningModule: a trainable policy, a frozen reference, a frozen reward model.
+
+Each training step (DESIGN.md §4):
+
+1. **rollout** — G candidates per prompt with the shared decoding engine (beam or sampling,
+   trie-constrained or not), the prompt prefilled once;
+2. **reward** — the reward model scores valid candidates and the ground truth; invalid candidates get a
+   penalty; an optional exact-hit bonus is a separate, logged component;
+3. **advantages** — group z-scores (zero-variance groups get 0);
+4. **losses** — one tree-attention forward computes the candidates' and the ground truth's token
+   log-probs (the prompt encoded once, with gradients, shared by the group): the PPO-clipped surrogate
+   with a k3 KL to the reference, and the NLL of the ground truth;
+5. **diagnostics → gates → balancer** — gates (callbacks) admit GRPO per sample; the balancer
+   combines NLL, GRPO and admissions into the loss.
+
+μ optimisation passes reuse one rollout (the first pass's log-probs are the "old" ones).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from callbacks.gates import Gate, combine_gates
+from datamodules.errors import ConfigError
+from datamodules.sequence import PromptBatch
+from lightning_modules.balancers import Balancer, GatedBalance
+from lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, PolicyModule, check_signature
+from lightning_modules.decoding import DecodingConfig, candidate_logits, token_logprobs
+from lightning_modules.diagnostics import Diagnostics, compute_diagnostics, first_occurrence
+from lightning_modules.grpo_loss import aggregate, clipped_surrogate, group_advantages, penalise_invalid
+from lightning_modules.policy import PolicySpec, spec_from_description
+from lightning_modules.reward import RewardModel
+from lightning_modules.schedules import WarmupCosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollout:
+    """One rollout batch. ``tokens [B, G, L]``, ``items/valid/rewards/advantages [B, G]``,
+    ``gt_reward/zero_std [B]``; ``hit_bonus [B, G]`` is the rule component included in ``rewards``."""
+
+    tokens: torch.Tensor
+    items: torch.Tensor
+    valid: torch.Tensor
+    rewards: torch.Tensor
+    hit_bonus: torch.Tensor
+    gt_reward: torch.Tensor
+    advantages: torch.Tensor
+    zero_std: torch.Tensor
+    seconds: float
+
+
+@dataclass
+class StepLosses:
+    """Per-sample losses ``[B]`` and the diagnostics of one pass."""
+
+    nll: torch.Tensor
+    grpo: torch.Tensor
+    kl: torch.Tensor
+    clip_frac: torch.Tensor
+    ratio_mean: torch.Tensor
+    diagnostics: Diagnostics
+
+
+class GRPOModule(PolicyModule):
+    """GRPO / AdaGRPO post-training of an SFT policy against a reward model.
+
+    Args:
+        init_from: the SFT checkpoint the policy starts from (and the reference copies). Its SID map must
+            match the data's; its policy architecture is used unless ``policy`` is given.
+        reward: the reward model (``class_path`` of a :class:`~lightning_modules.reward.RewardModel`).
+        balancer: how NLL, GRPO and gate admissions combine (default :class:`GatedBalance`).
+        gates: gates (``class_path`` of :class:`~callbacks.gates.Gate` callbacks); gates listed under
+            ``trainer.callbacks`` are used too. Their admissions are multiplied (AND).
+        num_generations: G, candidates per prompt.
+        rollout_mode: ``beam`` (distinct candidates) or ``sample``.
+        constrained: trie-constrained rollouts (log-probs for ratio and KL then use the masked support).
+        temperature, top_k: sampling settings (``sample`` mode).
+        beta: KL weight.
+        epsilon_low, epsilon_high: PPO clip range ``[1 - ε_low, 1 + ε_high]``.
+        mu: optimisation passes per rollout batch.
+        scale_rewards: advantage scaling: ``group`` std, ``batch`` std or ``none``.
+        aggregation: ``sequence`` or ``token`` averaging of the per-token loss.
+        invalid_penalty: reward of invalid candidates (None = group minimum valid reward − ``invalid_margin``).
+        invalid_margin: see above.
+        hit_bonus: added to the reward of a candidate equal to the ground truth (rule component).
+        inject_gt: put the ground truth into any group that lacks it (replacing the last candidate).
+        filter_zero_std: exclude groups whose rewards are all equal from the GRPO term.
+        grad_clip: gradient-norm clipping (manual optimisation; do not set the trainer's gradient_clip_val).
+        policy, optimizer, scheduler, beam_width, ks, val_unconstrained, test_unconstrained: see
+            :class:`~lightning_modules.base.PolicyModule`.
+    """
+
+    def __init__(
+        self,
+        init_from: str,
+        reward: RewardModel,
+        balancer: Balancer | None = None,
+        gates: list[Gate] | None = None,
+        num_generations: int = 16,
+        rollout_mode: Literal["beam", "sample"] = "beam",
+        constrained: bool = True,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        beta: float = 1e-3,
+        epsilon_low: float = 0.2,
+        epsilon_high: float = 0.2,
+        mu: int = 1,
+        scale_rewards: Literal["group", "batch", "none"] = "group",
+        aggregation: Literal["sequence", "token"] = "sequence",
+        invalid_penalty: float | None = None,
+        invalid_margin: float = 1.0,
+        hit_bonus: float = 0.0,
+        inject_gt: bool = False,
+        filter_zero_std: bool = False,
+        grad_clip: float | None = 1.0,
+        policy: PolicySpec | None = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        beam_width: int = 20,
+        ks: tuple[int, ...] = (1, 5, 10, 20),
+        val_unconstrained: bool = True,
+        test_unconstrained: bool = True,
+    ) -> None:
+        super().__init__(policy=policy, optimizer=optimizer, scheduler=scheduler, beam_width=beam_width, ks=ks,
+                         val_unconstrained=val_unconstrained, test_unconstrained=test_unconstrained)
+        self._explicit_policy = policy is not None
+        checks = {
+            "num_generations": num_generations >= 2,
+            "mu": mu >= 1,
+            "beta": beta >= 0,
+            "epsilon_low": 0 <= epsilon_low < 1,
+            "epsilon_high": epsilon_high >= 0,
+            "temperature": temperature > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"model.{key}", f"invalid value {locals()[key]!r}")
+        if rollout_mode not in ("beam", "sample"):
+            raise ConfigError("model.rollout_mode", f"must be beam or sample, got {rollout_mode!r}")
+        self.init_from = str(init_from)
+        object.__setattr__(self, "reward_model", reward)  # frozen, not a submodule: not in our checkpoints
+        self.balancer = balancer or GatedBalance()
+        self.module_gates = list(gates or [])
+        self.num_generations = num_generations
+        self.rollout_config = DecodingConfig(rollout_mode, num_generations, constrained, temperature, top_k)
+        self.beta = beta
+        self.epsilon_low = epsilon_low
+        self.epsilon_high = epsilon_high
+        self.mu = mu
+        self.scale_rewards = scale_rewards
+        self.aggregation = aggregation
+        self.invalid_penalty = invalid_penalty
+        self.invalid_margin = invalid_margin
+        self.hit_bonus = hit_bonus
+        self.inject_gt = inject_gt
+        self.filter_zero_std = filter_zero_std
+        self.grad_clip = grad_clip
+        self.automatic_optimization = False
+        self.reference: nn.Module | None = None
+
+    # ------------------------------------------------------------------------------- model building
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        path = Path(self.init_from)
+        if not path.exists():
+            raise IncompatibleCheckpoint(f"SFT checkpoint not found: {path} (model.init_from)")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        info = ckpt.get(CKPT_KEY)
+        check_signature(info, self.sid_signature(), str(path))
+        if not self._explicit_policy and info.get("policy"):
+            self.policy_spec = spec_from_description(info["policy"])
+        super().configure_model()
+        state = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+        try:
+            self.policy.load_state_dict(state)
+        except RuntimeError as err:
+            raise IncompatibleCheckpoint(
+                f"{path}: its policy weights do not fit the configured policy {self.policy_spec.describe()} "
+                f"(checkpoint policy: {info.get('policy')}): {str(err).splitlines()[0]}") from None
+        reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        object.__setattr__(self, "reference", reference)  # frozen, not a submodule
+        self.reward_model.attach(self.data)  # fails here, before any rollout, if it does not fit the data
+
+    def on_fit_start(self) -> None:
+        self.reference.to(self.device)
+        self.reward_model.to(self.device)
+        gates = self.gates()
+        if gates and not self.balancer.uses_gates:
+            log.warning("gates %s are attached but balancer %s ignores them",
+                        [g.name for g in gates], self.balancer.describe())
+
+    def gates(self) -> list[Gate]:
+        """The module's gates followed by any gate attached to the trainer as a callback."""
+        attached = [cb for cb in self.trainer.callbacks if isinstance(cb, Gate)] if self._trainer is not None else []
+        return self.module_gates + [g for g in attached if all(g is not m for m in self.module_gates)]
+
+    # ------------------------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def rollout(self, batch: PromptBatch) -> Rollout:
+        start = time.perf_counter()
+        self.policy.eval()
+        cands = self.engine.generate(self.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids,
+                                     self.rollout_config)
+        tokens, items, valid = cands.tokens, cands.items, cands.valid  # [B, G, L], [B, G], [B, G]
+        if self.inject_gt:
+            missing = ~(items == batch.target[:, None]).any(1)  # [B]
+            tokens[missing, -1] = batch.target_tokens[missing]
+            items[missing, -1] = batch.target[missing]
+            valid[missing, -1] = True
+        raw = self.reward_model.score(batch.history, items, batch.user)  # [B, G]
+        hit = self.hit_bonus * (items == batch.target[:, None]).float()  # [B, G]
+        rewards = penalise_invalid(raw.float() + hit, valid, self.invalid_penalty, self.invalid_margin)
+        gt_reward = self.reward_model.score(batch.history, batch.target[:, None], batch.user)[:, 0].float()  # [B]
+        advantages, zero_std = group_advantages(rewards, self.scale_rewards)
+        return Rollout(tokens, items, valid, rewards, hit, gt_reward, advantages, zero_std,
+                       time.perf_counter() - start)
+
+    # ------------------------------------------------------------------------------- losses
+    def losses(self, batch: PromptBatch, ro: Rollout, old_logp: torch.Tensor | None,
+               ref_logp: torch.Tensor | None) -> tuple[StepLosses, torch.Tensor]:
+        """One forward over the group plus the ground truth; returns the per-sample losses and the
+        candidates' token log-probs (detached, to serve as the old log-probs of later passes)."""
+        g = ro.tokens.shape[1]
+        everything = torch.cat([ro.tokens, batch.target_tokens[:, None, :]], 1)  # [B, G+1, L]
+        logits = candidate_logits(self.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids,
+                                  everything)  # [B, G+1, L, V]
+        constrained = self.rollout_config.constrained
+        logp = token_logprobs(logits[:, :g], ro.tokens, self.engine, constrained)  # [B, G, L]
+        gt_support = token_logprobs(logits[:, g:], batch.target_tokens[:, None], self.engine, constrained)  # [B,1,L]
+        gt_full = token_logprobs(logits[:, g:], batch.target_tokens[:, None])  # [B, 1, L]
+        nll = -gt_full[:, 0].mean(1)  # [B], token-mean NLL of y* (full vocabulary, as in SFT)
+        old = logp.detach() if old_logp is None else old_logp
+        finite = torch.isfinite(logp)  # an invalid token under the support has -inf: it carries no gradient
+        safe = torch.where(finite, logp, torch.zeros_like(logp))
+        terms = clipped_surrogate(safe, torch.where(finite, old, torch.zeros_like(old)),
+                                  None if ref_logp is None else torch.where(finite, ref_logp, safe.detach()),
+                                  ro.advantages, self.epsilon_low, self.epsilon_high, self.beta)
+        mask = finite  # [B, G, L]
+        grpo = aggregate(terms.loss, mask, self.aggregation)  # [B]
+        kl = aggregate(terms.kl.detach(), mask, self.aggregation)
+        clip = aggregate(terms.clipped.float(), mask, self.aggregation)
+        ratio = aggregate(terms.ratio.detach(), mask, self.aggregation)
+        with torch.no_grad():
+            seq = logp.detach().sum(2)  # [B, G]
+            diag = compute_diagnostics(ro.items, ro.valid, seq, batch.target, gt_support[:, 0].detach().sum(1),
+                                       ro.rewards, ro.gt_reward)
+        return StepLosses(nll, grpo, kl, clip, ratio, diag), logp.detach()
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: PromptBatch, ro: Rollout) -> torch.Tensor | None:
+        if self.beta == 0:
+            return None
+        logits = candidate_logits(self.reference, batch.prompt_ids, batch.prompt_mask, batch.position_ids, ro.tokens)
+        return token_logprobs(logits, ro.tokens, self.engine, self.rollout_config.constrained)
+
+    # ------------------------------------------------------------------------------- training
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:
+        step_start = time.perf_counter()
+        ro = self.rollout(batch)
+        ref_logp = self.reference_logprobs(batch, ro)
+        self.policy.train()
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        gates = self.gates()
+        old_logp = None
+        for _ in range(self.mu):
+            out, logp = self.losses(batch, ro, old_logp, ref_logp)
+            old_logp = logp if old_logp is None else old_logp
+            admission, per_gate = combine_gates(gates, out.diagnostics)
+            if self.filter_zero_std:
+                admission = admission * (~ro.zero_std).float()
+            loss, weights = self.balancer.combine(out.nll, out.grpo, admission, out.diagnostics)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            if self.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            if sched is not None:
+                sched.step()
+        for gate in gates:
+            gate.observe(out.diagnostics)
+        self._log_step(batch, ro, out, loss, admission, per_gate, weights, time.perf_counter() - step_start)
+        return loss.detach()
+
+    def _log_step(self, batch: PromptBatch, ro: Rollout, out: StepLosses, loss: torch.Tensor,
+                  admission: torch.Tensor, per_gate: dict[str, torch.Tensor], weights: torch.Tensor,
+                  seconds: float) -> None:
+        b = len(batch)
+        valid = ro.valid.float()
+        r = ro.rewards
+        d = out.diagnostics
+        metrics = {
+            "loss/total": loss.detach(),
+            "loss/nll": out.nll.detach().mean(),
+            "loss/grpo": out.grpo.detach().mean(),
+            "reward/mean": r.mean(),
+            "reward/std": r.std(1).mean() if r.shape[1] > 1 else torch.zeros(()),
+            "reward/gt": ro.gt_reward.mean(),
+            "reward/hit": ro.hit_bonus.mean(),
+            "adv/zero_std_frac": ro.zero_std.float().mean(),
+            "kl": out.kl.mean(),
+            "clip_frac": out.clip_frac.mean(),
+            "ratio": out.ratio_mean.mean(),
+            "entropy": d.entropy.mean(),
+            "gate/open_rate": admission.mean(),
+            "gate/rl_weight": weights.mean(),
+            "diag/gt_rank": d.gt_rank.mean(),
+            "diag/rm_auc": torch.nanmean(d.rm_auc),
+            "rollout/invalid_rate": 1 - valid.mean(),
+            "rollout/gt_in_group_rate": d.gt_in_group.float().mean(),
+            "rollout/unique_rate": first_occurrence(ro.items).float().mean(),
+            "perf/rollout_s": torch.tensor(ro.seconds),
+            "perf/step_s": torch.tensor(seconds),
+            "perf/samples_per_s": torch.tensor(b / max(seconds, 1e-9)),
+        }
+        metrics.update({f"gate/{name}/open_rate": a.mean() for name, a in per_gate.items()})
+        self.log_dict({k: v.float() for k, v in metrics.items()}, batch_size=b)
+        self.log("reward", r.mean().float(), prog_bar=True, batch_size=b, logger=False)
+        self.log("open", admission.mean().float(), prog_bar=True, batch_size=b, logger=False)
+
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        if isinstance(config, dict):
+            sched = config["lr_scheduler"]["scheduler"]
+            if isinstance(sched, WarmupCosine) and sched.total_steps is not None:
+                sched.total_steps *= self.mu  # stepped once per optimisation pass
+        return config
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CKPT_KEY]["init_from"] = self.init_from
+        checkpoint[CKPT_KEY]["balancer"] = self.balancer.describe()
+        # Gates given to the module (not as trainer callbacks) keep their running state here.
+        checkpoint[CKPT_KEY]["gates"] = {g.state_key: g.state_dict() for g in self.module_gates}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        states = (checkpoint.get(CKPT_KEY) or {}).get("gates", {})
+        for gate in self.module_gates:
+            if gate.state_key in states:
+                gate.load_state_dict(states[gate.state_key])
