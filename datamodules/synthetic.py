@@ -177,10 +177,12 @@ class SyntheticWorld:
     # --------------------------------------------------------------------------------- simulation
     def _simulate(self, gen: torch.Generator) -> tuple[list[list[int]], ImpressionLog]:
         users = torch.arange(self.num_users)
-        p_stop = 1.0 / max(1.0, (self.max_length - self.min_length) / 3.0)
-        # Geometric extra length by inverse CDF, so it draws from our seeded generator.
+        # Extra length beyond min_length is geometric with mean ~(max - min) / 3, drawn by inverse CDF so it
+        # uses our seeded generator; p_stop < 1 always (1 / (1 + mean)), so min == max works too.
+        p_stop = 1.0 / (1.0 + (self.max_length - self.min_length) / 3.0)
         uniform = torch.rand(self.num_users, generator=gen).clamp_min(1e-12)
-        lengths = (self.min_length + torch.floor(uniform.log() / math.log1p(-p_stop))).clamp_max(self.max_length)
+        extra = torch.floor(uniform.log() / math.log1p(-p_stop)) if p_stop < 1 else torch.zeros_like(uniform)
+        lengths = (self.min_length + extra).clamp_max(self.max_length)
         lengths = lengths.long()  # [U]
         n_ret = int(round(self.retriever_share * self.slate_size))
         n_pop = self.slate_size - n_ret

@@ -132,8 +132,6 @@ def test_default_world_generates_quickly():
     assert elapsed < 30, f"default world took {elapsed:.1f} s"
 
 
-@pytest.mark.xfail(reason="SyntheticWorld: p_stop = 1 when max_length - min_length <= 3, and "
-                          "math.log1p(-1) raises 'math domain error'", raises=ValueError, strict=False)
 @pytest.mark.parametrize("min_length,max_length", [(5, 8), (6, 6)])
 def test_narrow_length_range(min_length, max_length):
     w = SyntheticWorld(num_users=20, num_items=40, min_length=min_length, max_length=max_length)
