@@ -1,11 +1,16 @@
 """The LightningCLI behind ``adagrpo fit/validate/test/predict``.
 
 * omegaconf parser mode, so configs can use ``${oc.env:ADAGRPO_DATA_ROOT,data}``;
-* model and data are chosen by ``class_path`` (any LightningModule / our DataModule);
-* the resolved config is saved as an artifact of the run's MLflow run (LightningCLI's own config
-  file writer clashes with MLflow loggers, which have no local log_dir);
-* ``test``/``validate`` without ``--ckpt_path`` use the best checkpoint of the latest ``fit`` of the
-  same experiment (recorded in ``runs/<experiment>/latest.json``).
+* model and data are chosen by ``class_path`` (any LightningModule / DataModule);
+* every run has an ``experiment`` (the MLflow experiment; runs in one experiment are compared by
+  ``adagrpo compare``) and a ``run_name`` (the stage or variant, e.g. ``sft``, ``adagrpo``). A fit
+  records its checkpoints in ``runs/<experiment>/<run_name>/`` (``latest.json``, ``best.ckpt``,
+  ``last.ckpt``);
+* ``test``/``validate`` without ``--ckpt_path`` evaluate that record's ``--checkpoint best`` (default)
+  or ``last``, and log into the same MLflow run as the fit (metrics ``test/…`` for the best checkpoint,
+  ``test_last/…`` for the last);
+* the resolved config is saved as an artifact of the MLflow run (LightningCLI's own config file writer
+  clashes with MLflow loggers, which have no local log_dir).
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 log = logging.getLogger("adagrpo")
 
 
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+def record_dir(experiment: str, run_name: str) -> Path:
+    """Where a fit records its checkpoints: ``$ADAGRPO_RUNS`` (default ``runs``)/experiment/run_name."""
+    return Path(os.environ.get("ADAGRPO_RUNS", "runs")) / experiment / run_name
+
+
+def read_record(experiment: str, run_name: str) -> dict | None:
+    path = record_dir(experiment, run_name) / "latest.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 class MLflowSaveConfig(SaveConfigCallback):
-    """Logs the resolved config as ``config.yaml`` in every MLflow run of the trainer; writes it to
+    """Logs the resolved config as ``config_<stage>.yaml`` in every MLflow run of the trainer; writes it to
     the trainer's log_dir only when no MLflow logger is attached."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -38,7 +48,7 @@ class MLflowSaveConfig(SaveConfigCallback):
         text = self.parser.dump(self.config, skip_none=False)
         mlflow_loggers = [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
         for lg in mlflow_loggers:
-            lg.experiment.log_text(lg.run_id, text, f"config_{stage}.yaml")
+            lg.experiment.log_text(lg.run_id, text, f"config_{getattr(stage, 'value', stage)}.yaml")
         if not mlflow_loggers and trainer.log_dir:
             path = Path(trainer.log_dir) / "config.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,54 +57,59 @@ class MLflowSaveConfig(SaveConfigCallback):
 
 class AdaGRPOCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
-        parser.add_argument(
-            "--experiment",
-            type=str,
-            default="default",
-            help="Experiment name: MLflow experiment and runs/<experiment>/ folder.",
-        )
+        parser.add_argument("--experiment", type=str, default="default",
+                            help="MLflow experiment; runs in one experiment are compared by `adagrpo compare`.")
+        parser.add_argument("--run_name", type=str, default=None,
+                            help="The run's name within the experiment (stage or variant); default: the subcommand.")
+        parser.add_argument("--checkpoint", type=str, default="best",
+                            help="test/validate without --ckpt_path: the fit's `best` or `last` checkpoint.")
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get(self.subcommand)
         if sub is None:
             return
         experiment = sub.get("experiment") or "default"
-        os.environ.setdefault("ADAGRPO_EXPERIMENT", experiment)
+        run_name = sub.get("run_name") or self.subcommand
+        folder = record_dir(experiment, run_name)
+        os.environ["ADAGRPO_EXPERIMENT"] = experiment
+        os.environ["ADAGRPO_RECORD_DIR"] = str(folder)
         trainer_cfg = sub.get("trainer")
         if trainer_cfg is not None and trainer_cfg.get("default_root_dir") in (None, "", "."):
-            trainer_cfg["default_root_dir"] = str(Path("runs") / experiment)
-        # MLflow runs are grouped by experiment; the logger config need not repeat the name.
+            trainer_cfg["default_root_dir"] = str(folder)
+        record = read_record(experiment, run_name) if self.subcommand in ("test", "validate") else None
+        which = sub.get("checkpoint") or "best"
+        if which not in ("best", "last"):
+            raise SystemExit(f"adagrpo: --checkpoint must be best or last, got {which!r}")
+        if self.subcommand in ("test", "validate") and not sub.get("ckpt_path"):
+            ckpt = (record or {}).get(f"{which}_copy") or (record or {}).get(which)
+            if ckpt and Path(ckpt).exists():
+                log.warning("no --ckpt_path given: evaluating the %s checkpoint of the latest fit of %s/%s: %s",
+                            which, experiment, run_name, ckpt)
+                sub["ckpt_path"] = ckpt
+            else:
+                log.warning("no --ckpt_path and no recorded fit in %s: evaluating the untrained model", folder)
+        if self.subcommand == "test" and which == "last":
+            model_args = sub.get("model", {}).get("init_args")
+            if model_args is not None and "test_prefix" in model_args:
+                model_args["test_prefix"] = "test_last"
+        # MLflow: experiment and run names from the CLI; evaluation logs into the fit's run.
         loggers = trainer_cfg.get("logger") if trainer_cfg is not None else None
         for lg in loggers if isinstance(loggers, list) else [loggers]:
-            if lg is not None and not isinstance(lg, bool) and str(lg.get("class_path", "")).endswith("MLFlowLogger"):
-                init = lg.get("init_args")
-                if init.get("experiment_name") in (None, "lightning_logs"):
-                    init["experiment_name"] = experiment
-                if not init.get("run_name"):
-                    init["run_name"] = f"{experiment}-{self.subcommand}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if self.subcommand in ("test", "validate") and not sub.get("ckpt_path"):
-            ckpt = latest_checkpoint(experiment)
-            if ckpt:
-                log.warning("no --ckpt_path given: using %s (best checkpoint of the latest fit of %r)",
-                            ckpt, experiment)
-                sub["ckpt_path"] = ckpt
-
-
-def latest_checkpoint(experiment: str) -> str | None:
-    """The best (else last) checkpoint recorded by the latest ``fit`` of ``experiment``."""
-    record = Path("runs") / experiment / "latest.json"
-    if not record.exists():
-        return None
-    info = json.loads(record.read_text())
-    for key in ("best", "last"):
-        if info.get(key) and Path(info[key]).exists():
-            return info[key]
-    return None
+            if lg is None or isinstance(lg, bool) or not str(lg.get("class_path", "")).endswith("MLFlowLogger"):
+                continue
+            init = lg.get("init_args")
+            if init.get("experiment_name") in (None, "lightning_logs"):
+                init["experiment_name"] = experiment
+            if not init.get("run_name"):
+                init["run_name"] = run_name
+            if record and record.get("mlflow_run_id") and not init.get("run_id"):
+                init["run_id"] = record["mlflow_run_id"]
 
 
 def run_lightning_cli(argv: list[str]) -> AdaGRPOCLI:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return AdaGRPOCLI(
+    start = time.perf_counter()
+    cli = AdaGRPOCLI(
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,
@@ -103,5 +118,7 @@ def run_lightning_cli(argv: list[str]) -> AdaGRPOCLI:
         save_config_callback=MLflowSaveConfig,
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         args=None if argv == sys.argv[1:] else argv,
-        auto_configure_optimizers=True,
+        auto_configure_optimizers=False,
     )
+    log.info("adagrpo %s finished in %.1f s", argv[0], time.perf_counter() - start)
+    return cli

@@ -1,7 +1,8 @@
-"""Records where a run's checkpoints are, in MLflow and in ``runs/<experiment>/latest.json``.
+"""Records where a run's checkpoints are, in MLflow and in ``runs/<experiment>/<run_name>/latest.json``.
 
-``adagrpo test`` without ``--ckpt_path`` reads ``latest.json`` to find the best checkpoint of the
-latest ``fit``; ``adagrpo compare`` reads the MLflow tags.
+``adagrpo test`` without ``--ckpt_path`` reads ``latest.json`` to find the best (or last) checkpoint of
+the latest ``fit``; later stages name the stable copies ``best.ckpt`` / ``last.ckpt`` next to it;
+``adagrpo compare`` reads the MLflow tags.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ from datamodules.cache import atomic_write_text
 
 class RunRecorder(Callback):
     """After ``fit``: tag the MLflow run with the best/last checkpoint paths and the best monitored
-    score, and write them to ``runs/<experiment>/latest.json`` (atomically)."""
+    score, copy the checkpoints to ``best.ckpt``/``last.ckpt`` and write ``latest.json`` (atomically) in
+    the run's record folder (``record_dir``, else the CLI's ``runs/<experiment>/<run_name>``)."""
 
     def __init__(self, record_dir: str | None = None) -> None:
         self.record_dir = record_dir
 
     def _record_path(self, trainer: L.Trainer) -> Path:
-        if self.record_dir:
-            return Path(self.record_dir) / "latest.json"
-        experiment = os.environ.get("ADAGRPO_EXPERIMENT", "default")
-        return Path("runs") / experiment / "latest.json"
+        folder = self.record_dir or os.environ.get("ADAGRPO_RECORD_DIR") or trainer.default_root_dir
+        return Path(folder) / "latest.json"
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)

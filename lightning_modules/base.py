@@ -19,7 +19,9 @@ from datamodules.sequence import PromptBatch, SeqRecDataModule
 from lightning_modules.decoding import DecodingEngine
 from lightning_modules.evaluation import Evaluator
 from lightning_modules.policy import LlamaPolicy, PolicySpec
+from lightning_modules.optim import check_optimizer_strategy
 from lightning_modules.schedules import WarmupCosine
+from lightning_modules.sharding import gathered, shard_model
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class PolicyModule(L.LightningModule):
         beam_width: candidates decoded per user in evaluation.
         ks: HR/NDCG cut-offs.
         val_unconstrained / test_unconstrained: also evaluate unconstrained decoding (hallucination).
+        test_prefix: metric prefix of ``test`` (``adagrpo test --checkpoint last`` sets ``test_last``).
     """
 
     def __init__(
@@ -52,8 +55,10 @@ class PolicyModule(L.LightningModule):
         ks: tuple[int, ...] = (1, 5, 10, 20),
         val_unconstrained: bool = False,
         test_unconstrained: bool = True,
+        test_prefix: str = "test",
     ) -> None:
         super().__init__()
+        self.test_prefix = test_prefix
         self.policy_spec = policy or LlamaPolicy()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -95,6 +100,40 @@ class PolicyModule(L.LightningModule):
         if model_vocab is not self.data.vocab:  # a pretrained tokenizer placed the SID tokens elsewhere
             self.engine = DecodingEngine(self.data.trie, model_vocab)
             self.data.set_vocab(model_vocab)
+        self.on_policy_built()
+        mesh = self.data_parallel_mesh()
+        if mesh is not None:  # ModelParallelStrategy (FSDP2): shard decoder layers, then the root
+            shard_model(self.policy, mesh)
+            self.on_policy_sharded(mesh)
+
+    def on_policy_built(self) -> None:
+        """Hook: the policy exists, unsharded, with its initial weights (subclasses load checkpoints here)."""
+
+    def on_policy_sharded(self, mesh) -> None:  # noqa: ANN001
+        """Hook: the policy was just sharded over ``mesh``."""
+
+    def data_parallel_mesh(self):  # noqa: ANN201
+        """The data-parallel device mesh under ``ModelParallelStrategy``; ``None`` otherwise."""
+        try:
+            mesh = self.device_mesh
+        except (AttributeError, RuntimeError):
+            return None
+        if mesh is None:
+            return None
+        names = getattr(mesh, "mesh_dim_names", None) or ()
+        return mesh["data_parallel"] if "data_parallel" in names else mesh
+
+    def run_label(self) -> str:
+        """How ``adagrpo compare`` labels this run."""
+        return "SFT"
+
+    def on_fit_start(self) -> None:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        for lg in self.trainer.loggers:
+            if isinstance(lg, MLFlowLogger):
+                lg.experiment.set_tag(lg.run_id, "adagrpo.label", self.run_label())
+                lg.experiment.set_tag(lg.run_id, "adagrpo.module", type(self).__name__)
 
     # ---------------------------------------------------------------------------- checkpoints
     def sid_signature(self) -> dict[str, Any]:
@@ -124,7 +163,8 @@ class PolicyModule(L.LightningModule):
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         self.policy.eval()
-        self.val_eval.update(self.policy, self.engine, batch, self.popularity, self.oracle(batch))
+        with gathered(self.policy):
+            self.val_eval.update(self.policy, self.engine, batch, self.popularity, self.oracle(batch))
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_eval.compute("val")
@@ -133,10 +173,11 @@ class PolicyModule(L.LightningModule):
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
         self.policy.eval()
-        self.test_eval.update(self.policy, self.engine, batch, self.popularity, self.oracle(batch))
+        with gathered(self.policy):
+            self.test_eval.update(self.policy, self.engine, batch, self.popularity, self.oracle(batch))
 
     def on_test_epoch_end(self) -> None:
-        metrics = self.test_eval.compute("test")
+        metrics = self.test_eval.compute(self.test_prefix)
         self.log_dict(metrics, sync_dist=False)
         self.test_eval.reset()
 
@@ -145,6 +186,8 @@ class PolicyModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = (self.optimizer_factory(params) if self.optimizer_factory is not None
                      else torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01))
+        if self._trainer is not None:
+            check_optimizer_strategy(optimizer, type(self.trainer.strategy).__name__)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -40,6 +40,7 @@ from lightning_modules.grpo_loss import aggregate, clipped_surrogate, group_adva
 from lightning_modules.policy import PolicySpec, spec_from_description
 from lightning_modules.reward import RewardModel
 from lightning_modules.schedules import WarmupCosine
+from lightning_modules.sharding import gathered, shard_model
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class GRPOModule(PolicyModule):
         inject_gt: put the ground truth into any group that lacks it (replacing the last candidate).
         filter_zero_std: exclude groups whose rewards are all equal from the GRPO term.
         grad_clip: gradient-norm clipping (manual optimisation; do not set the trainer's gradient_clip_val).
+        reference_sharding: under FSDP2, keep a full reference copy on every device (``replicate``) or shard
+            it like the policy (``shard``: less memory, one all-gather per layer per reference forward).
         policy, optimizer, scheduler, beam_width, ks, val_unconstrained, test_unconstrained: see
             :class:`~lightning_modules.base.PolicyModule`.
     """
@@ -124,6 +127,7 @@ class GRPOModule(PolicyModule):
         inject_gt: bool = False,
         filter_zero_std: bool = False,
         grad_clip: float | None = 1.0,
+        reference_sharding: Literal["replicate", "shard"] = "replicate",
         policy: PolicySpec | None = None,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
@@ -131,9 +135,11 @@ class GRPOModule(PolicyModule):
         ks: tuple[int, ...] = (1, 5, 10, 20),
         val_unconstrained: bool = True,
         test_unconstrained: bool = True,
+        test_prefix: str = "test",
     ) -> None:
         super().__init__(policy=policy, optimizer=optimizer, scheduler=scheduler, beam_width=beam_width, ks=ks,
-                         val_unconstrained=val_unconstrained, test_unconstrained=test_unconstrained)
+                         val_unconstrained=val_unconstrained, test_unconstrained=test_unconstrained,
+                         test_prefix=test_prefix)
         self._explicit_policy = policy is not None
         checks = {
             "num_generations": num_generations >= 2,
@@ -166,6 +172,9 @@ class GRPOModule(PolicyModule):
         self.inject_gt = inject_gt
         self.filter_zero_std = filter_zero_std
         self.grad_clip = grad_clip
+        if reference_sharding not in ("replicate", "shard"):
+            raise ConfigError("model.reference_sharding", f"must be replicate or shard, got {reference_sharding!r}")
+        self.reference_sharding = reference_sharding
         self.automatic_optimization = False
         self.reference: nn.Module | None = None
 
@@ -176,24 +185,37 @@ class GRPOModule(PolicyModule):
         path = Path(self.init_from)
         if not path.exists():
             raise IncompatibleCheckpoint(f"SFT checkpoint not found: {path} (model.init_from)")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        info = ckpt.get(CKPT_KEY)
+        self._init_ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        info = self._init_ckpt.get(CKPT_KEY)
         check_signature(info, self.sid_signature(), str(path))
         if not self._explicit_policy and info.get("policy"):
             self.policy_spec = spec_from_description(info["policy"])
-        super().configure_model()
+        super().configure_model()  # builds the policy, then on_policy_built, then shards under FSDP2
+        self._init_ckpt = None
+        self.reward_model.attach(self.data)  # fails here, before any rollout, if it does not fit the data
+
+    def on_policy_built(self) -> None:
+        path, ckpt = self.init_from, self._init_ckpt
         state = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
         try:
             self.policy.load_state_dict(state)
         except RuntimeError as err:
             raise IncompatibleCheckpoint(
                 f"{path}: its policy weights do not fit the configured policy {self.policy_spec.describe()} "
-                f"(checkpoint policy: {info.get('policy')}): {str(err).splitlines()[0]}") from None
+                f"(checkpoint policy: {ckpt[CKPT_KEY].get('policy')}): {str(err).splitlines()[0]}") from None
         reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        object.__setattr__(self, "reference", reference)  # frozen, not a submodule
-        self.reward_model.attach(self.data)  # fails here, before any rollout, if it does not fit the data
+        object.__setattr__(self, "reference", reference)  # frozen, not a submodule: not in our checkpoints
+
+    def on_policy_sharded(self, mesh) -> None:  # noqa: ANN001
+        if self.reference_sharding == "shard":
+            shard_model(self.reference, mesh)
+
+    def run_label(self) -> str:
+        gates = "+".join(g.name for g in self.gates()) or "none"
+        return f"{self.balancer.describe()} gates={gates}"
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self.reference.to(self.device)
         self.reward_model.to(self.device)
         gates = self.gates()
@@ -211,8 +233,9 @@ class GRPOModule(PolicyModule):
     def rollout(self, batch: PromptBatch) -> Rollout:
         start = time.perf_counter()
         self.policy.eval()
-        cands = self.engine.generate(self.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids,
-                                     self.rollout_config)
+        with gathered(self.policy):  # under FSDP2: one all-gather for the whole rollout, not one per token
+            cands = self.engine.generate(self.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids,
+                                         self.rollout_config)
         tokens, items, valid = cands.tokens, cands.items, cands.valid  # [B, G, L], [B, G], [B, G]
         if self.inject_gt:
             missing = ~(items == batch.target[:, None]).any(1)  # [B]

@@ -346,7 +346,8 @@ class TorchReward(RewardModel):
                 self.module = torch.jit.load(str(p), map_location="cpu")
             except Exception:  # not TorchScript: a pickled module
                 self.module = torch.load(str(p), map_location="cpu", weights_only=False)
-        self.module.eval().requires_grad_(False)
+        for param in self.module.eval().parameters():  # not Module.requires_grad_: ScriptModules lack it
+            param.requires_grad_(False)
         probe = self.module(torch.full((1, 2), -1, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
         if tuple(probe.shape) != (1, 3):
             raise IncompatibleCheckpoint(f"reward module returned shape {tuple(probe.shape)} for items [1, 3]; "

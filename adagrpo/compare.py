@@ -1,0 +1,182 @@
+"""``adagrpo compare``: a table of the runs of one MLflow experiment, and the retrieval–validity frontier.
+
+For each run: HR@K / NDCG@K and the unconstrained hallucination rate of the best checkpoint (``test/…``)
+and of the final one (``test_last/…``), the mean gate open rate and rollout reward over training, and
+the balancer/gates that label it. Runs named ``<variant>-s<seed>`` are grouped per variant (mean ± std).
+Writes a CSV and a PNG of HR@10 against hallucination, and logs both to MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COLUMNS = [
+    ("best HR@10", "test/hr_10"),
+    ("best NDCG@10", "test/ndcg_10"),
+    ("best halluc.", "test/hallucination"),
+    ("final HR@10", "test_last/hr_10"),
+    ("final NDCG@10", "test_last/ndcg_10"),
+    ("final halluc.", "test_last/hallucination"),
+]
+HISTORY_COLUMNS = [("gate open", "gate/open_rate"), ("reward", "reward/mean")]
+SEED_SUFFIX = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
+
+
+class CompareError(RuntimeError):
+    """Nothing to compare (no experiment, no runs, a metric no run has)."""
+
+
+@dataclass
+class RunRow:
+    name: str
+    variant: str
+    label: str
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def tracking_uri_default() -> str:
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+
+
+def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: list[str] | None = None) -> list[RunRow]:
+    """One row per finished policy run of ``experiment`` (runs without test metrics are skipped)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri or tracking_uri_default())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(f"no MLflow experiment named {experiment!r} in {tracking_uri or tracking_uri_default()} "
+                           f"(experiments there: {names or 'none'})")
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    if not runs:
+        raise CompareError(f"experiment {experiment!r} has no runs yet")
+    keys = [k for _, k in COLUMNS] + list(extra_metrics or [])
+    rows = []
+    for run in runs:
+        metrics = run.data.metrics
+        if not any(k.startswith("test/hr_") or k.startswith("test_last/hr_") for k in metrics):
+            continue  # not an evaluated policy run (e.g. the reward model, or a fit not yet tested)
+        name = run.data.tags.get("mlflow.runName", run.info.run_id[:8])
+        m = SEED_SUFFIX.match(name)
+        row = RunRow(name=name, variant=m.group("variant") if m else name,
+                     label=run.data.tags.get("adagrpo.label", name))
+        for key in keys:
+            if key in metrics:
+                row.values[key] = float(metrics[key])
+        for _, key in HISTORY_COLUMNS:
+            history = client.get_metric_history(run.info.run_id, key)
+            if history:
+                row.values[key] = statistics.fmean(h.value for h in history)
+        rows.append(row)
+    if not rows:
+        raise CompareError(f"experiment {experiment!r} has {len(runs)} runs but none has test metrics; "
+                           "run `adagrpo test` on them first")
+    for key in extra_metrics or []:
+        if not any(key in r.values for r in rows):
+            have = sorted({k for r in rows for k in r.values})
+            raise CompareError(f"no run of {experiment!r} has metric {key!r} (metrics present: {have})")
+    return rows
+
+
+def aggregate(rows: list[RunRow], keys: list[str]) -> list[dict]:
+    """Group runs by variant: mean, std and count of every key."""
+    groups: dict[str, list[RunRow]] = {}
+    for r in rows:
+        groups.setdefault(r.variant, []).append(r)
+    out = []
+    for variant, members in groups.items():
+        entry: dict = {"variant": variant, "label": members[0].label, "runs": len(members)}
+        for key in keys:
+            vals = [r.values[key] for r in members if key in r.values and math.isfinite(r.values[key])]
+            entry[key] = statistics.fmean(vals) if vals else math.nan
+            entry[f"{key}:std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else math.nan)
+        out.append(entry)
+    order = {"sft": 0}
+    out.sort(key=lambda e: (order.get(e["variant"], 1), e["variant"]))
+    return out
+
+
+def format_table(entries: list[dict], keys: list[tuple[str, str]]) -> str:
+    def cell(e: dict, key: str) -> str:
+        v, s = e.get(key, math.nan), e.get(f"{key}:std", math.nan)
+        if not math.isfinite(v):
+            return "-"
+        return f"{v:.4f}±{s:.4f}" if e["runs"] > 1 else f"{v:.4f}"
+
+    header = ["variant", "runs"] + [title for title, _ in keys]
+    body = [[e["variant"], str(e["runs"])] + [cell(e, k) for _, k in keys] for e in entries]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(lines)
+
+
+def write_csv(entries: list[dict], keys: list[tuple[str, str]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["variant", "label", "runs"] + [k for _, k in keys] + [f"{k}:std" for _, k in keys])
+        for e in entries:
+            w.writerow([e["variant"], e["label"], e["runs"]] + [e.get(k) for _, k in keys]
+                       + [e.get(f"{k}:std") for _, k in keys])
+    return path
+
+
+def plot_frontier(entries: list[dict], path: Path, title: str) -> Path:
+    """HR@10 against unconstrained hallucination (best checkpoint filled, final checkpoint hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, e in enumerate(entries):
+        color = f"C{i % 10}"
+        for prefix, filled in (("test", True), ("test_last", False)):
+            x, y = e.get(f"{prefix}/hallucination", math.nan), e.get(f"{prefix}/hr_10", math.nan)
+            if math.isfinite(x) and math.isfinite(y):
+                ax.errorbar(x, y, xerr=e.get(f"{prefix}/hallucination:std") or 0, yerr=e.get(f"{prefix}/hr_10:std") or 0,
+                            fmt="o", color=color, mfc=color if filled else "white", capsize=2,
+                            label=f"{e['label']}" if filled else None)
+        if math.isfinite(e.get("test/hr_10", math.nan)):
+            ax.annotate(e["variant"], (e.get("test/hallucination", 0), e["test/hr_10"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("hallucination rate (unconstrained decoding) → lower is better")
+    ax.set_ylabel("HR@10 (constrained beam search) → higher is better")
+    ax.set_title(title + "\nfilled: best checkpoint, hollow: final")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str | None = None,
+                metrics: list[str] | None = None, log_to_mlflow: bool = True) -> tuple[str, Path, Path]:
+    rows = collect(experiment, tracking_uri, metrics)
+    keys = COLUMNS + HISTORY_COLUMNS + [(m, m) for m in metrics or []]
+    entries = aggregate(rows, [k for _, k in keys])
+    table = format_table(entries, keys)
+    out = Path(out_dir) if out_dir else Path("runs") / experiment
+    csv_path = write_csv(entries, keys, out / "compare.csv")
+    png_path = plot_frontier(entries, out / "frontier.png", f"retrieval–validity frontier: {experiment}")
+    if log_to_mlflow:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri or tracking_uri_default())
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name="compare"):
+            mlflow.log_artifact(str(csv_path))
+            mlflow.log_artifact(str(png_path))
+            mlflow.set_tag("adagrpo.kind", "comparison")
+    return table, csv_path, png_path

@@ -1,0 +1,136 @@
+"""Pipelines made of ordinary ``adagrpo fit``/``test`` runs: the quickstart and the ablation grid.
+
+Every stage is a subprocess running the same command a user (or a cluster scheduler) would run, so a
+pipeline is just a list of commands. A stage is skipped when its record
+(``runs/<experiment>/<run>/stage.json``) holds the same key — a hash of its config files, its overrides
+and the keys of the stages it depends on — and its checkpoint still exists; ``--force`` reruns it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datamodules.cache import atomic_write_text
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class Stage:
+    """One ``fit`` (then ``test`` of its best and, optionally, last checkpoints)."""
+
+    run_name: str
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    depends: list[str] = field(default_factory=list)
+    test_last: bool = False
+
+    def files(self) -> list[Path]:
+        """The config and every YAML it includes (paths resolved relative to each file)."""
+        seen, todo = [], [self.config]
+        while todo:
+            path = todo.pop()
+            if path in seen or not path.exists():
+                continue
+            seen.append(path)
+            for line in path.read_text().splitlines():
+                value = line.split(":", 1)[-1].strip()
+                if value.endswith(".yaml") and not value.startswith("$"):
+                    todo.append((path.parent / value).resolve())
+        return seen
+
+
+def stage_key(stage: Stage, upstream: dict[str, str]) -> str:
+    h = hashlib.sha1()
+    for f in stage.files():
+        h.update(f.read_bytes())
+    h.update(json.dumps([stage.overrides, stage.env, [upstream.get(d, "") for d in stage.depends]]).encode())
+    return h.hexdigest()[:16]
+
+
+def adagrpo_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "adagrpo", *args]
+
+
+def run_command(cmd: list[str], env: dict[str, str], log_path: Path, echo: bool = True) -> None:
+    """Run a stage command. With ``echo`` it shares this terminal (live progress bars); otherwise its output
+    goes to ``log_path``. Raises on failure."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"), **env}
+    shown = " ".join(f"{k}={v}" for k, v in env.items())
+    print(f"$ {shown + ' ' if shown else ''}adagrpo {shlex.join(cmd[3:])}", flush=True)
+    if echo:
+        code = subprocess.call(cmd, env=full_env)
+        tail = ""
+    else:
+        with log_path.open("w") as log:
+            code = subprocess.call(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
+    if code:
+        raise RuntimeError(f"stage command failed with exit code {code}: {shlex.join(cmd)}\n{tail}")
+
+
+def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs_root: Path = Path("runs"),
+                 echo: bool = True, titles: dict[str, str] | None = None) -> dict[str, dict]:
+    """Run ``stages`` in order (skipping finished ones); returns each stage's record."""
+    keys: dict[str, str] = {}
+    records: dict[str, dict] = {}
+    for stage in stages:
+        if titles and stage.run_name in titles:
+            print(f"\n== {titles[stage.run_name]} ==", flush=True)
+        folder = runs_root / experiment / stage.run_name
+        key = stage_key(stage, keys)
+        keys[stage.run_name] = key
+        done = folder / "stage.json"
+        if not force and done.exists():
+            prior = json.loads(done.read_text())
+            if prior.get("key") == key and Path(prior.get("best_copy", "")).exists():
+                print(f"[{stage.run_name}] up to date (key {key}); reusing {prior['best_copy']}", flush=True)
+                records[stage.run_name] = prior
+                continue
+        start = time.perf_counter()
+        base = ["--config", str(stage.config), "--experiment", experiment, "--run_name", stage.run_name]
+        print(f"\n[{stage.run_name}] fit", flush=True)
+        run_command(adagrpo_command(["fit", *base, *stage.overrides]), stage.env, folder / "fit.log", echo)
+        print(f"[{stage.run_name}] test (best checkpoint)", flush=True)
+        run_command(adagrpo_command(["test", *base, *stage.overrides]), stage.env, folder / "test.log", echo)
+        if stage.test_last:
+            print(f"[{stage.run_name}] test (final checkpoint)", flush=True)
+            run_command(adagrpo_command(["test", *base, "--checkpoint", "last", *stage.overrides]), stage.env,
+                        folder / "test_last.log", echo)
+        record = json.loads((folder / "latest.json").read_text())
+        record.update({"key": key, "seconds": round(time.perf_counter() - start, 1)})
+        atomic_write_text(done, json.dumps(record, indent=2))
+        records[stage.run_name] = record
+        print(f"[{stage.run_name}] done in {record['seconds']} s", flush=True)
+    return records
+
+
+def quickstart_stages(experiment: str, runs_root: Path, fast: bool = False) -> list[Stage]:
+    """prepare → SFT → reward model → GRPO (fixed λ = 1) and AdaGRPO, on the synthetic world."""
+    exp = REPO_CONFIGS / "experiments"
+    sft_ckpt = str(runs_root / experiment / "sft" / "best.ckpt")
+    rm_ckpt = str(runs_root / experiment / "reward" / "best.ckpt")
+    rl_env = {"ADAGRPO_SFT_CKPT": sft_ckpt, "ADAGRPO_REWARD_CKPT": rm_ckpt}
+    sft_over = ["--trainer.max_epochs", "3" if fast else "8", "--data.init_args.max_test_samples", "2000"]
+    rm_over = ["--trainer.max_epochs", "1" if fast else "3"]
+    rl_over = ["--trainer.max_steps", "30" if fast else "150", "--trainer.val_check_interval", "15" if fast else "50",
+               "--data.init_args.max_test_samples", "2000"]
+    if fast:
+        sft_over += ["--data.init_args.max_eval_samples", "300"]
+        rl_over += ["--data.init_args.max_eval_samples", "300"]
+    return [
+        Stage("sft", exp / "sft.yaml", sft_over),
+        Stage("reward", exp / "reward.yaml", rm_over),
+        Stage("grpo", exp / "grpo.yaml", rl_over, rl_env, depends=["sft", "reward"], test_last=True),
+        Stage("adagrpo", exp / "adagrpo.yaml", rl_over, rl_env, depends=["sft", "reward"], test_last=True),
+    ]
