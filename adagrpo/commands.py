@@ -115,7 +115,8 @@ def cmd_compare(argv: list[str]) -> int:
                                      "table (best and final checkpoints), CSV, and the HR@10–hallucination frontier.")
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    parser.add_argument("--out", default=None, help="folder for compare.csv and frontier.png (default runs/<experiment>)")
+    parser.add_argument("--out", default=None,
+                        help="folder for compare.csv and frontier.png (default runs/<experiment>)")
     parser.add_argument("--metric", action="append", default=[], help="extra metric column (repeatable), e.g. "
                         "test/true/utility_10")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the outputs as an MLflow run")
@@ -203,8 +204,8 @@ def cmd_analyze(argv: list[str]) -> int:
 def cmd_ablate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="adagrpo ablate",
-        description="Run a grid of experiment configs × seeds, each an ordinary `adagrpo fit` + `test` (best and last), "
-        "then `adagrpo compare`. --print only lists the commands (e.g. for a cluster scheduler).")
+        description="Run a grid of experiment configs × seeds, each an ordinary `adagrpo fit` + `test` "
+        "(best and last), then `adagrpo compare`. --print only lists the commands (e.g. for a cluster scheduler).")
     parser.add_argument("--config", action="append", required=True, help="experiment config (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--experiment", required=True)

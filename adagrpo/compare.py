@@ -143,9 +143,9 @@ def plot_frontier(entries: list[dict], path: Path, title: str) -> Path:
         for prefix, filled in (("test", True), ("test_last", False)):
             x, y = e.get(f"{prefix}/hallucination", math.nan), e.get(f"{prefix}/hr_10", math.nan)
             if math.isfinite(x) and math.isfinite(y):
-                ax.errorbar(x, y, xerr=e.get(f"{prefix}/hallucination:std") or 0, yerr=e.get(f"{prefix}/hr_10:std") or 0,
-                            fmt="o", color=color, mfc=color if filled else "white", capsize=2,
-                            label=f"{e['label']}" if filled else None)
+                xerr, yerr = e.get(f"{prefix}/hallucination:std") or 0, e.get(f"{prefix}/hr_10:std") or 0
+                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=color, mfc=color if filled else "white",
+                            capsize=2, label=f"{e['label']}" if filled else None)
         if math.isfinite(e.get("test/hr_10", math.nan)):
             ax.annotate(e["variant"], (e.get("test/hallucination", 0), e["test/hr_10"]), fontsize=8,
                         xytext=(4, 4), textcoords="offset points")

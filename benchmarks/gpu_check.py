@@ -161,11 +161,11 @@ def section_sft_base(args: argparse.Namespace) -> dict:
 def section_grpo_base(args: argparse.Namespace) -> dict:
     import lightning as L
 
+    from callbacks.gates import PolicyDifficultyGate, RewardDiscriminabilityGate
     from lightning_modules.balancers import GatedBalance
     from lightning_modules.grpo import GRPOModule
     from lightning_modules.reward import NoisyReward
     from lightning_modules.sft import SFTModule
-    from callbacks.gates import PolicyDifficultyGate, RewardDiscriminabilityGate
 
     dm = synthetic_dm(args, "prompts", batch_size=8 if args.smoke else 64)
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,10 +198,10 @@ def section_bnb(args: argparse.Namespace) -> dict:
         import bitsandbytes as bnb
     except Exception as err:  # noqa: BLE001
         return {"skipped": f"bitsandbytes not importable: {err}"}
-    from lightning_modules.policy import LlamaPolicy, PretrainedPolicy
     from lightning_modules.decoding import candidate_logits, token_logprobs
     from lightning_modules.grpo_loss import k3_kl
     from lightning_modules.optim import check_optimizer_strategy
+    from lightning_modules.policy import LlamaPolicy, PretrainedPolicy
 
     dm = synthetic_dm(args, "prompts", batch_size=16)
     model, vocab = LlamaPolicy(hidden_size=256, num_layers=4, num_heads=4).build(dm.vocab)
@@ -262,10 +262,10 @@ def section_decoding(args: argparse.Namespace) -> dict:
 def section_beauty(args: argparse.Namespace) -> dict:
     import lightning as L
 
+    from datamodules.embeddings import TextEmbeddings
     from datamodules.readers import ItemFile, SasRecText
     from datamodules.semantic_ids import RQKMeansSids
     from datamodules.sequence import SeqRecDataModule
-    from datamodules.embeddings import TextEmbeddings
     from lightning_modules.policy import LlamaPolicy
     from lightning_modules.sft import SFTModule
 
@@ -313,7 +313,8 @@ SECTIONS = {"env": section_env, "sft_base": section_sft_base, "grpo_base": secti
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_check_out")
-    parser.add_argument("--data-root", default=os.environ.get("ADAGRPO_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--data-root",
+                        default=os.environ.get("ADAGRPO_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--beauty-minutes", type=float, default=4.0)
     parser.add_argument("--only", nargs="*", default=None, help=f"run only these sections ({', '.join(SECTIONS)})")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run of every section")

@@ -94,7 +94,8 @@ def main() -> None:
     print(f"code table       {codes.numel() * codes.element_size() / gb:.3f} GB (input, not part of the trie)")
     print(f"lookup           {args.queries:,} full SIDs in {lookup_s * 1e3:.1f} ms; "
           f"{invalid_rate:.4f} of random SIDs are invalid")
-    print(f"allowed mask     {args.queries:,} prefixes -> [{args.queries:,} x {args.codebook}] in {allowed_s * 1e3:.1f} ms")
+    print(f"allowed mask     {args.queries:,} prefixes -> [{args.queries:,} x {args.codebook}] "
+          f"in {allowed_s * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,8 @@ class RewardDataModule(SeqRecDataModule):
 
     def test_dataloader(self) -> DataLoader:
         self.prepare()
-        return self._log_loader(self._capped(self.logs.test, self.max_test_samples), self.eval_batch_size, shuffle=False)
+        log = self._capped(self.logs.test, self.max_test_samples)
+        return self._log_loader(log, self.eval_batch_size, shuffle=False)
 
     def report(self) -> dict:
         out = super().report()

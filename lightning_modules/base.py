@@ -18,8 +18,8 @@ from torch import nn
 from datamodules.sequence import PromptBatch, SeqRecDataModule
 from lightning_modules.decoding import DecodingEngine
 from lightning_modules.evaluation import Evaluator
-from lightning_modules.policy import LlamaPolicy, PolicySpec
 from lightning_modules.optim import check_optimizer_strategy
+from lightning_modules.policy import LlamaPolicy, PolicySpec
 from lightning_modules.schedules import WarmupCosine
 from lightning_modules.sharding import gathered, shard_model
 

@@ -8,8 +8,6 @@ check each run's outcome: exit code, the checkpoint record, the MLflow metrics, 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
