@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -40,8 +41,6 @@ class RunRow:
 
 
 def tracking_uri_default() -> str:
-    import os
-
     return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
 
 
@@ -167,7 +166,7 @@ def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str |
     keys = COLUMNS + HISTORY_COLUMNS + [(m, m) for m in metrics or []]
     entries = aggregate(rows, [k for _, k in keys])
     table = format_table(entries, keys)
-    out = Path(out_dir) if out_dir else Path("runs") / experiment
+    out = Path(out_dir) if out_dir else Path(os.environ.get("ADAGRPO_RUNS", "runs")) / experiment
     csv_path = write_csv(entries, keys, out / "compare.csv")
     png_path = plot_frontier(entries, out / "frontier.png", f"retrieval–validity frontier: {experiment}")
     if log_to_mlflow:

@@ -237,6 +237,60 @@ def prompt_texts(batches: list[PromptBatch], strings: list[str]) -> list[str]:
     return texts
 
 
+def trl_config(config_cls, args: argparse.Namespace, output_dir: str, b: int, g: int, n_steps: int,  # noqa: ANN001
+               depth: int):  # noqa: ANN201
+    """TRL's GRPOConfig: one optimizer step = B prompts x G completions, no gradient accumulation; every
+    generation setting explicit; TRL defaults that differ from ours (bf16, gradient checkpointing, the
+    ``dapo`` loss, lr 1e-6) overridden."""
+    return config_cls(
+        output_dir=output_dir,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        per_device_train_batch_size=b * g,
+        gradient_accumulation_steps=1,
+        generation_batch_size=b * g,
+        num_generations=g,
+        max_steps=n_steps,
+        learning_rate=args.lr,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+        beta=args.beta,
+        epsilon=args.epsilon,
+        epsilon_high=args.epsilon,
+        num_iterations=1,
+        loss_type="grpo",  # per-sequence token mean, then mean: our default `aggregation: sequence`
+        scale_rewards="group",
+        mask_truncated_completions=False,
+        disable_dropout=True,
+        shuffle_dataset=False,  # step i sees prompts [B*i, B*(i+1)): the same as ours
+        seed=args.seed,
+        # generation: every flag explicit
+        use_vllm=False,
+        use_transformers_continuous_batching=False,
+        max_completion_length=depth,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=None,
+        repetition_penalty=1.0,
+        cache_implementation=None,
+        generation_kwargs={"num_beams": 1, "use_cache": True},
+        # bookkeeping
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        log_completions=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict:
     import transformers
@@ -311,53 +365,9 @@ def main(argv: list[str] | None = None) -> dict:
         trl_valid.append((items >= 0).float().mean().item())
         return torch.where(items >= 0, table[items.clamp_min(0)], torch.tensor(invalid_reward)).tolist()
 
-    config = GRPOConfig(
-        output_dir=str(Path(tmp.name) / "out"),
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        per_device_train_batch_size=b * g,
-        gradient_accumulation_steps=1,
-        generation_batch_size=b * g,
-        num_generations=g,
-        max_steps=n_steps,
-        learning_rate=args.lr,
-        weight_decay=0.0,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        gradient_checkpointing=False,
-        beta=args.beta,
-        epsilon=args.epsilon,
-        epsilon_high=args.epsilon,
-        num_iterations=1,
-        loss_type="grpo",  # per-sequence token mean, then mean: our default `aggregation: sequence`
-        scale_rewards="group",
-        mask_truncated_completions=False,
-        disable_dropout=True,
-        shuffle_dataset=False,  # step i sees prompts [B*i, B*(i+1)): the same as ours
-        seed=args.seed,
-        # generation: every flag explicit
-        use_vllm=False,
-        use_transformers_continuous_batching=False,
-        max_completion_length=engine.depth,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        min_p=None,
-        repetition_penalty=1.0,
-        cache_implementation=None,
-        generation_kwargs={"num_beams": 1, "use_cache": True},
-        # bookkeeping
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        log_completions=False,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    with warnings.catch_warnings():  # transformers 5 renames gradient_checkpointing (TRL defaults it to True)
+        warnings.simplefilter("ignore", FutureWarning)
+        config = trl_config(GRPOConfig, args, str(Path(tmp.name) / "out"), b, g, n_steps, engine.depth)
 
     class Interleave(TrainerCallback):
         """Times each TRL optimizer step, then runs our step(s) on the same prompts."""
@@ -387,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     ref_from_path = trainer.ref_model is not None and Path(trainer.ref_model.config._name_or_path) == model_dir
+    checkpointing = bool(getattr(trainer.model, "is_gradient_checkpointing", False))
     same_init = all(torch.equal(a, bb) for a, bb in zip(trainer.model.state_dict().values(),
                                                           model.state_dict().values()))
 
@@ -432,7 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
     trl_gen, trl_score = med(gen_wall), med(score_wall)
     rows = {mode: (med(ours_times[mode]), med(ours_cpu[mode])) for mode in modes}
     result: dict = {"trl_prompts_per_s": b / trl_s, "same_prompts": same_prompts, "same_init": same_init,
-                    "trl_ref_from_path": ref_from_path, "trl_valid": min(trl_valid)}
+                    "trl_ref_from_path": ref_from_path, "trl_checkpointing": checkpointing,
+                    "trl_valid": min(trl_valid)}
     lines = [
         f"GRPO step benchmark  {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
@@ -466,7 +478,8 @@ def main(argv: list[str] | None = None) -> dict:
     lines.append(
         "checks: TRL scored the same prompts as ours: "
         f"{same_prompts}; TRL policy starts from our weights: {same_init}; TRL reference loaded from the saved "
-        f"path: {ref_from_path}; valid completions TRL {100 * min(trl_valid):.1f}%, "
+        f"path: {ref_from_path}; TRL gradient checkpointing: {checkpointing}; "
+        f"valid completions TRL {100 * min(trl_valid):.1f}%, "
         + ", ".join(f"ours {m} {100 * min(s['valid'] for s in ours_stats[m]):.1f}%" for m in modes)
         + "; finite losses ours: " + str(all(s["finite"] for m in modes for s in ours_stats[m])))
     lines.append("times TRL: " + ", ".join(f"{t:.2f}" for t in timer.wall) + " s; " + "; ".join(

@@ -125,10 +125,13 @@ class SimulatedExposure(ExposureSpec):
         if n_ret:
             nbr, nbr_w = _cooccurrence_neighbours(data, train_end, self.neighbours)  # [N, M]
             rows = nbr_w[last]  # [E, M]
-            empty = rows.sum(1) == 0
-            rows[empty] = 1.0  # an item never followed by anything: fall back to uniform over its row
+            empty = rows.sum(1) == 0  # the last item was never followed by anything in training
+            rows[empty] = 1.0
             pick = torch.multinomial(rows, n_ret, replacement=True, generator=gen)  # [E, n_ret]
-            draws.append(torch.gather(nbr[last], 1, pick))
+            retrieved = torch.gather(nbr[last], 1, pick)
+            # No co-occurrence to retrieve from: the retriever's share is drawn uniformly from the catalogue.
+            uniform = torch.randint(n, (e, n_ret), generator=gen)
+            draws.append(torch.where(empty[:, None], uniform, retrieved))
         slate = torch.cat(draws, 1).clamp_max(n - 1)  # [E, num_exposed]
         slate = _drop_repeats(slate, clicked, data, user, position)
         items = torch.cat([clicked[:, None], slate], 1).numpy()  # [E, 1 + num_exposed]
@@ -266,9 +269,11 @@ class CoatSource(DataSource):
                     rows.append([int(v) for v in line.split()])
                 except ValueError:
                     raise DataError("expected space-separated integer ratings", file=path, line=n) from None
-            widths = {len(r) for r in rows}
-            if len(widths) != 1:
-                raise DataError(f"rows have different lengths {sorted(widths)}", file=path)
+            if not rows:
+                raise DataError("empty rating matrix", file=path)
+            for n, r in enumerate(rows, start=1):
+                if len(r) != len(rows[0]):
+                    raise DataError(f"row has {len(r)} ratings, row 1 has {len(rows[0])}", file=path, line=n)
             m = np.asarray(rows, dtype=np.int64)
             if m.min() < 0 or m.max() > 5:
                 raise DataError("ratings must be 0 (unobserved) to 5", file=path)

@@ -200,10 +200,10 @@ def check_signature(saved: dict | None, current: dict, where: str) -> None:
     """Raise :class:`IncompatibleCheckpoint` unless a checkpoint's SID signature matches the data's."""
     if saved is None:
         raise IncompatibleCheckpoint(f"{where}: not an adagrpo checkpoint (no '{CKPT_KEY}' record of its semantic IDs)")
-    if saved.get("sid_fingerprint") != current["sid_fingerprint"]:
-        diffs = [f"{k}: checkpoint {saved.get(k)!r} vs data {current[k]!r}"
-                 for k in ("dataset", "num_items", "codebook_sizes", "vocab_size", "sid_fingerprint")
-                 if saved.get(k) != current[k]]
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs data {current[k]!r}"
+             for k in ("dataset", "num_items", "codebook_sizes", "vocab_size", "sid_fingerprint")
+             if k in current and saved.get(k) != current[k]]
+    if diffs:
         raise IncompatibleCheckpoint(
             f"{where} was trained on different semantic IDs than the configured data ("
             + "; ".join(diffs)

@@ -16,10 +16,11 @@ import torch
 class Diagnostics:
     """All fields are ``[B]``.
 
-    Policy side: ``gt_rank`` — 1-based rank of y* among the group's distinct items plus y*, by the
-    policy's sequence log-prob (1 = the policy's top choice); ``gt_prob`` — π(y*|x) on the rollout's
+    Policy side: ``gt_rank`` — 1-based rank of y* among the group's distinct valid items plus y*, by
+    the policy's sequence log-prob (1 = the policy's top choice); ``gt_prob`` — π(y*|x) on the rollout's
     support; ``entropy`` — entropy (nats) of the policy's sequence probabilities renormalised over
-    the group's distinct items plus y*; ``gt_in_group`` — y* was among the rollouts.
+    the group's distinct valid items plus y*; ``gt_in_group`` — y* was among the rollouts. Invalid
+    SIDs (unconstrained rollouts) name no item, so they take part in neither side.
 
     Reward side (valid negatives = valid candidates other than y*): ``rm_rank`` — 1 + the number of
     negatives scored above r*; ``rm_margin`` — r* minus the best negative's reward; ``rm_auc`` — the
@@ -73,7 +74,7 @@ def compute_diagnostics(
         cand_reward: ``[B, G]`` reward-model scores; ``gt_reward``: ``[B]`` r*.
     """
     is_gt = cand_items == gt_item[:, None]  # [B, G]
-    distinct = first_occurrence(cand_items) & ~is_gt  # [B, G] other items, each once
+    distinct = first_occurrence(cand_items) & ~is_gt & cand_valid  # [B, G] other catalogue items, each once
     # Policy side: y* against the group's other distinct items.
     lp = torch.where(distinct, cand_seq_logp, torch.full_like(cand_seq_logp, -math.inf))  # [B, G]
     gt_rank = 1 + (lp > gt_seq_logp[:, None]).sum(1)  # [B]

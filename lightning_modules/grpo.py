@@ -13,7 +13,9 @@ Each training step (DESIGN.md §4):
 5. **diagnostics → gates → balancer** — gates (callbacks) admit GRPO per sample; the balancer
    combines NLL, GRPO and admissions into the loss.
 
-μ optimisation passes reuse one rollout (the first pass's log-probs are the "old" ones).
+μ optimisation passes reuse one rollout: the first pass's log-probs are the "old" ones (the rollout
+policy's; dropout is off in the shipped policies), and the diagnostics and gate admissions are decided
+once, on that first pass.
 """
 
 from __future__ import annotations
@@ -260,7 +262,9 @@ class GRPOModule(PolicyModule):
         logits = candidate_logits(self.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids,
                                   everything)  # [B, G+1, L, V]
         constrained = self.rollout_config.constrained
-        logp = token_logprobs(logits[:, :g], ro.tokens, self.engine, constrained)  # [B, G, L]
+        # Ratio and KL use the distribution the rollout sampled from: tempered when sampling at T != 1.
+        temp = self.rollout_config.temperature if self.rollout_config.mode == "sample" else 1.0
+        logp = token_logprobs(logits[:, :g] / temp, ro.tokens, self.engine, constrained)  # [B, G, L]
         gt_support = token_logprobs(logits[:, g:], batch.target_tokens[:, None], self.engine, constrained)  # [B,1,L]
         gt_full = token_logprobs(logits[:, g:], batch.target_tokens[:, None])  # [B, 1, L]
         nll = -gt_full[:, 0].mean(1)  # [B], token-mean NLL of y* (full vocabulary, as in SFT)
@@ -286,7 +290,8 @@ class GRPOModule(PolicyModule):
         if self.beta == 0:
             return None
         logits = candidate_logits(self.reference, batch.prompt_ids, batch.prompt_mask, batch.position_ids, ro.tokens)
-        return token_logprobs(logits, ro.tokens, self.engine, self.rollout_config.constrained)
+        temp = self.rollout_config.temperature if self.rollout_config.mode == "sample" else 1.0
+        return token_logprobs(logits / temp, ro.tokens, self.engine, self.rollout_config.constrained)
 
     # ------------------------------------------------------------------------------- training
     def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:
@@ -300,11 +305,12 @@ class GRPOModule(PolicyModule):
         old_logp = None
         for _ in range(self.mu):
             out, logp = self.losses(batch, ro, old_logp, ref_logp)
-            old_logp = logp if old_logp is None else old_logp
-            admission, per_gate = combine_gates(gates, out.diagnostics)
-            if self.filter_zero_std:
-                admission = admission * (~ro.zero_std).float()
-            loss, weights = self.balancer.combine(out.nll, out.grpo, admission, out.diagnostics)
+            if old_logp is None:  # first pass: the rollout policy's log-probs, diagnostics and admission
+                old_logp, diagnostics = logp, out.diagnostics
+                admission, per_gate = combine_gates(gates, diagnostics)
+                if self.filter_zero_std:
+                    admission = admission * (~ro.zero_std).float()
+            loss, weights = self.balancer.combine(out.nll, out.grpo, admission, diagnostics)
             opt.zero_grad()
             self.manual_backward(loss)
             if self.grad_clip:
@@ -313,7 +319,8 @@ class GRPOModule(PolicyModule):
             if sched is not None:
                 sched.step()
         for gate in gates:
-            gate.observe(out.diagnostics)
+            gate.observe(diagnostics)
+        out.diagnostics = diagnostics
         self._log_step(batch, ro, out, loss, admission, per_gate, weights, time.perf_counter() - step_start)
         return loss.detach()
 

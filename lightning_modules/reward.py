@@ -98,7 +98,8 @@ class RewardNet(nn.Module):
         history = history[:, -self.max_history:]
         b, h = history.shape
         real = history >= 0  # [B, H]
-        x = self.item_vectors(history) + self.pos(torch.arange(1, h + 1, device=history.device))  # [B, H, D]
+        # Positions count back from the most recent item (1 = latest), so the padding width does not matter.
+        x = self.item_vectors(history) + self.pos(torch.arange(h, 0, -1, device=history.device))  # [B, H, D]
         start = (self.start + self.pos.weight[0]).expand(b, 1, -1)  # [B, 1, D]
         x = self.drop(torch.cat([start, x], 1))  # [B, 1+H, D]
         pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=x.device), ~real], 1)  # [B, 1+H]
@@ -348,7 +349,9 @@ class TorchReward(RewardModel):
                 self.module = torch.load(str(p), map_location="cpu", weights_only=False)
         for param in self.module.eval().parameters():  # not Module.requires_grad_: ScriptModules lack it
             param.requires_grad_(False)
-        probe = self.module(torch.full((1, 2), -1, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
+        device = next((p.device for p in self.module.parameters()), torch.device("cpu"))
+        probe = self.module(torch.full((1, 2), -1, dtype=torch.long, device=device),
+                            torch.zeros(1, 3, dtype=torch.long, device=device))
         if tuple(probe.shape) != (1, 3):
             raise IncompatibleCheckpoint(f"reward module returned shape {tuple(probe.shape)} for items [1, 3]; "
                                          "expected [1, 3]")

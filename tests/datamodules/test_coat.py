@@ -156,7 +156,6 @@ def test_coat_ragged_rows_name_the_file(tmp_path):
     assert str(root / "train.ascii") in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: the ragged-row DataError names the file but not the line")
 def test_coat_ragged_rows_name_the_line(tmp_path):
     root = write_coat(tmp_path, "1 0 0\n0 2 0\n0 0\n0 1 0\n")
     with pytest.raises(DataError) as info:

@@ -202,20 +202,18 @@ def test_compute_diagnostics_by_hand():
     #   p = 0.665241, 0.090031, 0.244728; H = −0.592394 + (0.665241·1 + 0.090031·3 + 0.244728·2) = 0.832396.
     #   Reward: negatives 3 (0.2), 5 (0.95) → n = 2; r* = 0.9: one above → rm_rank 2; AUC = 1/2;
     #   margin = 0.9 − 0.95 = −0.05.
-    # Row 1: y* = 9 not in the group; distinct others (the invalid SID too, on the policy side): lp
-    #   -0.5, -4, -2.5, -2.5 vs -3 → 3 above → gt_rank 4.
-    #   Pool {-0.5, -4, -2.5, -2.5, -3}: Z = 0.606531 + 0.018316 + 2·0.082085 + 0.049787 = 0.838803,
-    #   ln Z = −0.175779; p = 0.723090, 0.021835, 0.097860 (×2), 0.059355;
-    #   H = −0.175779 + (0.723090·0.5 + 0.021835·4 + 2·0.097860·2.5 + 0.059355·3) = −0.175779 + 1.116250 = 0.940471.
+    # Row 1: y* = 9 not in the group; distinct valid others (an invalid SID names no item, so it is left out
+    #   on both sides): lp -0.5, -2.5, -2.5 vs -3 → 3 above → gt_rank 4.
+    #   Pool {-0.5, -2.5, -2.5, -3}: Z = 0.606531 + 2·0.082085 + 0.049787 = 0.820488, ln Z = −0.197857;
+    #   p = 0.739232, 0.100044 (×2), 0.060680;
+    #   H = −0.197857 + (0.739232·0.5 + 2·0.100044·2.5 + 0.060680·3) = −0.197857 + 1.051876 = 0.854019.
     #   Reward: valid negatives 4 (0.4, a tie with r* = 0.4), 6 (0.6, above), 8 (0.3, below) → n = 3;
     #   rm_rank = 1 + 1 = 2 (a tie is not above); AUC = (1 + ½·1) / 3 = 0.5; margin = 0.4 − 0.6 = −0.2.
     # Row 2: y* = 2 fills both valid slots, the rest invalid → no valid negative: margin, AUC NaN, rank 1.
-    #   Policy side: the one distinct other (the first invalid SID, lp -5) is below -1 → gt_rank 1.
-    #   Pool {-5, -1}: ln Z = ln(e^-5 + e^-1) = −0.981850; p = 0.017986, 0.982014;
-    #   H = −0.981850 + (0.017986·5 + 0.982014·1) = 0.090095.
+    #   Policy side: no valid other item → gt_rank 1; the pool is {y*} alone → H = 0.
     close(d.gt_rank, [2, 4, 1])
     close(d.gt_prob, [math.exp(-2), math.exp(-3), math.exp(-1)])
-    close(d.entropy, [0.832396, 0.940471, 0.090095], atol=2e-6)
+    close(d.entropy, [0.832396, 0.854019, 0.0], atol=2e-6)
     assert d.gt_in_group.tolist() == [True, False, True]
     close(d.num_negatives, [2, 3, 0])
     close(d.rm_rank, [2, 2, 1])

@@ -153,9 +153,11 @@ def test_constrained_rollouts_valid_and_on_support(rl_dm, sft_ckpt, batch, mode,
         _, logp = g.losses(batch, ro, None, None)
     assert torch.isfinite(logp).all() and (logp <= 0).all()
 
-    # Every step's support: a token's log-prob is renormalised over the codes the trie allows after its prefix.
+    # Every step's support: a token's log-prob is renormalised over the codes the trie allows after its prefix,
+    # under the distribution the rollout sampled from (logits / T when sampling at temperature T).
+    temp = extra.get("temperature", 1.0) if mode == "sample" else 1.0
     with torch.no_grad():
-        logits = candidate_logits(g.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids, ro.tokens)
+        logits = candidate_logits(g.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids, ro.tokens) / temp
     full = token_logprobs(logits, ro.tokens)  # full vocabulary
     assert (logp >= full - 1e-6).all()  # renormalising over a subset only raises log-probs
     b, gsz, depth = ro.tokens.shape
