@@ -168,7 +168,7 @@ class PolicyModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_eval.compute("val")
-        self.log_dict(metrics, sync_dist=False)
+        self.log_dict(metrics, sync_dist=True)  # already reduced by torchmetrics; keeps Lightning quiet
         self.val_eval.reset()
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
@@ -178,7 +178,7 @@ class PolicyModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         metrics = self.test_eval.compute(self.test_prefix)
-        self.log_dict(metrics, sync_dist=False)
+        self.log_dict(metrics, sync_dist=True)  # already reduced by torchmetrics; keeps Lightning quiet
         self.test_eval.reset()
 
     # ---------------------------------------------------------------------------- optimisation
