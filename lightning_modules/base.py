@@ -18,9 +18,8 @@ from torch import nn
 from datamodules.sequence import PromptBatch, SeqRecDataModule
 from lightning_modules.decoding import DecodingEngine
 from lightning_modules.evaluation import Evaluator
-from lightning_modules.optim import check_optimizer_strategy
+from lightning_modules.optim import build_optimizers
 from lightning_modules.policy import LlamaPolicy, PolicySpec
-from lightning_modules.schedules import WarmupCosine
 from lightning_modules.sharding import gathered, shard_model
 
 log = logging.getLogger(__name__)
@@ -183,17 +182,7 @@ class PolicyModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = (self.optimizer_factory(params) if self.optimizer_factory is not None
-                     else torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01))
-        if self._trainer is not None:
-            check_optimizer_strategy(optimizer, type(self.trainer.strategy).__name__)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        if isinstance(scheduler, WarmupCosine) and scheduler.total_steps is None:
-            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return build_optimizers(self, self.optimizer_factory, self.scheduler_factory)
 
 
 def check_signature(saved: dict | None, current: dict, where: str) -> None:

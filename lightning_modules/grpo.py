@@ -364,8 +364,8 @@ class GRPOModule(PolicyModule):
         config = super().configure_optimizers()
         if isinstance(config, dict):
             sched = config["lr_scheduler"]["scheduler"]
-            if isinstance(sched, WarmupCosine) and sched.total_steps is not None:
-                sched.total_steps *= self.mu  # stepped once per optimisation pass
+            if isinstance(sched, WarmupCosine) and getattr(sched, "total_steps_estimated", False):
+                sched.total_steps *= self.mu  # the estimate counts batches; we step once per optimisation pass
         return config
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,10 +1,38 @@
-"""Optimizer checks shared by the training modules."""
+"""Optimizers for the training modules: built from the factories LightningCLI injects, and checked."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
+import torch
 from torch.optim import Optimizer
 
 from datamodules.errors import ConfigError
+
+
+def build_optimizers(module: L.LightningModule, optimizer_factory: Any, scheduler_factory: Any) -> Any:
+    """``configure_optimizers`` output for ``module``'s trainable parameters.
+
+    ``optimizer_factory``/``scheduler_factory`` are the callables LightningCLI builds from
+    ``optimizer:``/``scheduler:`` (``class_path`` + ``init_args``); without an optimizer, AdamW (lr 1e-3,
+    weight decay 0.01). Schedulers step every optimizer step; a :class:`WarmupCosine` without
+    ``total_steps`` gets the trainer's estimate.
+    """
+    from lightning_modules.schedules import WarmupCosine
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = optimizer_factory(params) if optimizer_factory is not None else torch.optim.AdamW(
+        params, lr=1e-3, weight_decay=0.01)
+    if module._trainer is not None:
+        check_optimizer_strategy(optimizer, type(module.trainer.strategy).__name__)
+    if scheduler_factory is None:
+        return optimizer
+    scheduler = scheduler_factory(optimizer)
+    if isinstance(scheduler, WarmupCosine) and scheduler.total_steps is None and module._trainer is not None:
+        scheduler.total_steps = int(module.trainer.estimated_stepping_batches)
+        scheduler.total_steps_estimated = True
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def check_optimizer_strategy(optimizer: Optimizer, strategy_name: str) -> None:

@@ -28,6 +28,7 @@ from datamodules.errors import ConfigError
 from datamodules.reward_data import ExposureBatch, RewardDataModule
 from datamodules.sequence import SeqRecDataModule
 from lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, check_signature
+from lightning_modules.optim import build_optimizers
 
 
 class RewardNet(nn.Module):
@@ -242,13 +243,7 @@ class RewardModelModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------- plumbing
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = (self.optimizer_factory(params) if self.optimizer_factory is not None
-                     else torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01))
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                         "interval": "step"}}
+        return build_optimizers(self, self.optimizer_factory, self.scheduler_factory)
 
     def sid_signature(self) -> dict:
         sids = self.data.sids
