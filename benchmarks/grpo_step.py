@@ -7,8 +7,9 @@ start) on the same prompts, with the same per-item reward, on the CPU in float32
 * **ours**: the real ``GRPOModule.rollout`` (our decoding engine: prompt prefilled once per user, the G
   candidates as extra cache columns; trie-constrained beam search by default, and sampling), then
   ``reference_logprobs`` and ``losses`` (one tree-attention forward for the G candidates + the ground
-  truth, the prompt encoded once with gradients), the module's balancer, backward, clipping, AdamW. This
-  is ``GRPOModule.training_step`` with μ = 1, minus Lightning's bookkeeping and logging.
+  truth, the prompt encoded once with gradients), the module's default balancer (NLL of the ground truth +
+  GRPO; TRL has no NLL term), backward, clipping, AdamW. This is ``GRPOModule.training_step`` with μ = 1,
+  minus Lightning's bookkeeping and logging.
 * **TRL**: ``GRPOTrainer`` on a model folder written with ``save_pretrained`` (policy and, because β > 0,
   the reference are loaded from that path) with a ``tokenizers`` WordLevel tokenizer over the SID
   vocabulary. TRL 1.16 refuses ``prefix_allowed_tokens_fn`` in ``generation_kwargs``, so the trainer's
