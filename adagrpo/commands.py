@@ -261,6 +261,30 @@ def cmd_quickstart(argv: list[str]) -> int:
     return code
 
 
+def cmd_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="adagrpo export",
+        description="Write a trained policy (SFT or GRPO checkpoint) as a transformers `save_pretrained` folder with "
+        "its SID tokenizer; it then loads with AutoModelForCausalLM, or as "
+        "`lightning_modules.PretrainedPolicy` (e.g. an 8-bit GRPO reference on GPU).")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    from datamodules.errors import ConfigError
+    from lightning_modules.policy import export_checkpoint
+
+    if not Path(args.checkpoint).exists():
+        print(f"adagrpo export: checkpoint not found: {args.checkpoint}", file=sys.stderr)
+        return 1
+    try:
+        record = export_checkpoint(args.checkpoint, args.out)
+    except ConfigError as err:
+        print(f"adagrpo export: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({record['dataset']}, {record['num_items']} items, SIDs {record['sid_fingerprint']})")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "prepare": ("validate a dataset, build semantic IDs and the trie, print statistics", cmd_prepare),
     "quickstart": ("the whole method on the synthetic world: SFT, reward model, GRPO vs AdaGRPO, comparison",
@@ -268,4 +292,5 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "compare": ("compare the runs of an MLflow experiment (table, CSV, HR@10–hallucination frontier)", cmd_compare),
     "analyze": ("stratified analysis: HR@K by policy difficulty × reward discriminability", cmd_analyze),
     "ablate": ("run a grid of experiment configs × seeds, then compare", cmd_ablate),
+    "export": ("write a trained policy as a transformers save_pretrained folder", cmd_export),
 }

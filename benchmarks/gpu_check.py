@@ -201,7 +201,7 @@ def section_bnb(args: argparse.Namespace) -> dict:
     from lightning_modules.decoding import candidate_logits, token_logprobs
     from lightning_modules.grpo_loss import k3_kl
     from lightning_modules.optim import check_optimizer_strategy
-    from lightning_modules.policy import LlamaPolicy, PretrainedPolicy
+    from lightning_modules.policy import LlamaPolicy, PretrainedPolicy, save_sid_tokenizer
 
     dm = synthetic_dm(args, "prompts", batch_size=16)
     model, vocab = LlamaPolicy(hidden_size=256, num_layers=4, num_heads=4).build(dm.vocab)
@@ -227,7 +227,7 @@ def section_bnb(args: argparse.Namespace) -> dict:
     if torch.cuda.is_available():
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
-            _save_tokenizer(tmp, dm.vocab)
+            save_sid_tokenizer(tmp, dm.vocab)
             ref, ref_vocab = PretrainedPolicy(tmp, dtype="bfloat16", quantization="8bit").build(dm.vocab)
             ref.eval()
             b = batch
@@ -238,17 +238,6 @@ def section_bnb(args: argparse.Namespace) -> dict:
                 lq = token_logprobs(candidate_logits(ref, *args_), tokens)
             out["kl_step0_8bit_reference"] = float(k3_kl(lp, lq).mean())
     return out
-
-
-def _save_tokenizer(folder: str, vocab) -> None:  # noqa: ANN001
-    """A minimal word-level tokenizer for a from-scratch SID model, so it loads like a pretrained one."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    tokens = ["<pad>", "<bos>", "<eos>", *vocab.token_strings()]
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<pad>"))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    fast.save_pretrained(folder)
 
 
 def section_decoding(args: argparse.Namespace) -> dict:

@@ -102,6 +102,9 @@ class GRPOModule(PolicyModule):
         grad_clip: gradient-norm clipping (manual optimisation; do not set the trainer's gradient_clip_val).
         reference_sharding: under FSDP2, keep a full reference copy on every device (``replicate``) or shard
             it like the policy (``shard``: less memory, one all-gather per layer per reference forward).
+        reference: build the frozen reference from this spec instead of copying the SFT policy — e.g. a
+            :class:`~lightning_modules.policy.PretrainedPolicy` of ``adagrpo export``'s folder loaded in 8-bit
+            or 4-bit (bitsandbytes, GPU). Its SID tokens must have the policy's token ids.
         policy, optimizer, scheduler, beam_width, ks, val_unconstrained, test_unconstrained: see
             :class:`~lightning_modules.base.PolicyModule`.
     """
@@ -130,6 +133,7 @@ class GRPOModule(PolicyModule):
         filter_zero_std: bool = False,
         grad_clip: float | None = 1.0,
         reference_sharding: Literal["replicate", "shard"] = "replicate",
+        reference: PolicySpec | None = None,
         policy: PolicySpec | None = None,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
@@ -177,6 +181,7 @@ class GRPOModule(PolicyModule):
         if reference_sharding not in ("replicate", "shard"):
             raise ConfigError("model.reference_sharding", f"must be replicate or shard, got {reference_sharding!r}")
         self.reference_sharding = reference_sharding
+        self.reference_spec = reference
         self.automatic_optimization = False
         self.reference: nn.Module | None = None
 
@@ -205,7 +210,17 @@ class GRPOModule(PolicyModule):
             raise IncompatibleCheckpoint(
                 f"{path}: its policy weights do not fit the configured policy {self.policy_spec.describe()} "
                 f"(checkpoint policy: {ckpt[CKPT_KEY].get('policy')}): {str(err).splitlines()[0]}") from None
-        reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if self.reference_spec is None:
+            reference = copy.deepcopy(self.policy)
+        else:
+            reference, ref_vocab = self.reference_spec.build(self.data.vocab)
+            same = ref_vocab.vocab_size == self.data.vocab.vocab_size and all(
+                torch.equal(a, b) for a, b in zip(ref_vocab.token_of, self.data.vocab.token_of))
+            if not same:
+                raise IncompatibleCheckpoint(
+                    f"model.reference {self.reference_spec.describe()} places the SID tokens at other token ids "
+                    "than the policy; export the SFT policy with `adagrpo export` and load that folder")
+        reference.eval().requires_grad_(False)
         object.__setattr__(self, "reference", reference)  # frozen, not a submodule: not in our checkpoints
 
     def on_policy_sharded(self, mesh) -> None:  # noqa: ANN001
@@ -218,7 +233,8 @@ class GRPOModule(PolicyModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self.reference.to(self.device)
+        if getattr(self.reference, "hf_quantizer", None) is None:  # bitsandbytes models are placed at load
+            self.reference.to(self.device)
         self.reward_model.to(self.device)
         gates = self.gates()
         if gates and not self.balancer.uses_gates:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from datamodules.errors import ConfigError
-from datamodules.semantic_ids import SidVocab
+from datamodules.semantic_ids import SPECIAL_TOKENS, SidVocab
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,47 @@ def _finish(model: nn.Module, gradient_checkpointing: bool) -> None:
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+
+
+def save_sid_tokenizer(folder: str, vocab: SidVocab) -> None:
+    """Write a word-level tokenizer over ``<pad> <bos> <eos>`` + the SID tokens (the compact layout of a
+    from-scratch policy), so an exported policy loads like any pretrained model (:class:`PretrainedPolicy`)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = list(SPECIAL_TOKENS) + vocab.token_strings()
+    if len(tokens) != vocab.vocab_size:
+        raise ValueError("save_sid_tokenizer needs the compact vocabulary of a from-scratch policy")
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<pad>"))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    fast.save_pretrained(folder)
+
+
+def export_checkpoint(checkpoint: str, out: str) -> dict:
+    """Write a trained policy (SFT or GRPO checkpoint) as a ``save_pretrained`` folder with its SID tokenizer.
+
+    The folder loads with ``transformers.AutoModelForCausalLM`` / ``AutoTokenizer`` and with
+    :class:`PretrainedPolicy` (e.g. as an 8-bit frozen reference for GRPO on GPU).
+    """
+    import json
+    from pathlib import Path
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    info = ckpt.get("adagrpo")
+    if not info or "policy" not in info:
+        raise ConfigError("checkpoint", f"{checkpoint} is not an adagrpo policy checkpoint (SFT or GRPO)")
+    vocab = SidVocab(info["codebook_sizes"])
+    model, _ = spec_from_description(info["policy"]).build(vocab)
+    model.load_state_dict({k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items()
+                           if k.startswith("policy.")})
+    model.config.use_cache = True
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    save_sid_tokenizer(str(out_dir), vocab)
+    record = {k: info[k] for k in ("sid_fingerprint", "codebook_sizes", "num_items", "vocab_size", "dataset")}
+    (out_dir / "adagrpo_sids.json").write_text(json.dumps({**record, "source_checkpoint": str(checkpoint)}, indent=2))
+    return record
 
 
 def spec_from_description(desc: dict) -> PolicySpec:
