@@ -49,10 +49,20 @@ class MLflowSaveConfig(SaveConfigCallback):
         mlflow_loggers = [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
         for lg in mlflow_loggers:
             lg.experiment.log_text(lg.run_id, text, f"config_{getattr(stage, 'value', stage)}.yaml")
-        if not mlflow_loggers and trainer.log_dir:
-            path = Path(trainer.log_dir) / "config.yaml"
+        log_dir = None if mlflow_loggers else _local_log_dir(trainer)
+        if log_dir:
+            path = Path(log_dir) / "config.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+
+
+def _local_log_dir(trainer: L.Trainer) -> str | None:
+    """``trainer.log_dir`` without its broadcast: ``save_config`` runs on rank 0 only, and a collective there
+    deadlocks multi-process runs (rank 0 waits in the broadcast, the other ranks in the next barrier)."""
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        return getattr(logger, "log_dir", None) or logger.save_dir
+    return trainer.default_root_dir
 
 
 class AdaGRPOCLI(LightningCLI):

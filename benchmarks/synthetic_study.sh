@@ -14,17 +14,18 @@ STEPS=${STUDY_STEPS:-150}
 
 # 1. SFT and the reward model (seed 0), evaluated like every other run.
 python -m adagrpo fit  --config configs/experiments/sft.yaml --experiment $EXP --run_name sft
-python -m adagrpo test --config configs/experiments/sft.yaml --experiment $EXP --run_name sft
+python -m adagrpo test --config configs/experiments/sft.yaml --experiment $EXP --run_name sft \
+    --data.init_args.max_test_samples 2000
 python -m adagrpo fit  --config configs/experiments/reward.yaml --experiment $EXP --run_name reward
 python -m adagrpo test --config configs/experiments/reward.yaml --experiment $EXP --run_name reward
 
 # 2. RL variants x seeds from the same SFT start and reward model.
 export ADAGRPO_SFT_CKPT=$RUNS/$EXP/sft/best.ckpt ADAGRPO_REWARD_CKPT=$RUNS/$EXP/reward/best.ckpt
 CONFIGS=()
-for c in grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_difficulty_only \
-         adagrpo_discriminability_only; do CONFIGS+=(--config "configs/experiments/$c.yaml"); done
+for c in ${STUDY_CONFIGS:-grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_difficulty_only \
+         adagrpo_discriminability_only}; do CONFIGS+=(--config "configs/experiments/$c.yaml"); done
 python -m adagrpo ablate "${CONFIGS[@]}" --seeds ${SEEDS[@]} --experiment $EXP \
-    --trainer.max_steps "$STEPS" --data.init_args.max_eval_samples 500
+    --trainer.max_steps "$STEPS" --data.init_args.max_eval_samples 500 --data.init_args.max_test_samples 2000
 
 # 3. The table (best and final checkpoints, mean ± std over seeds) with the true utility of the recommendations.
 python -m adagrpo compare --experiment $EXP --metric test/true/hr_10 --metric test_last/true/hr_10 \

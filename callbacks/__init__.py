@@ -6,6 +6,7 @@ import importlib
 
 _EXPORTS = {
     "RunRecorder": "callbacks.run_recorder",
+    "StepMetricsRecorder": "callbacks.metrics_recorder",
     "Gate": "callbacks.gates",
     "ThresholdGate": "callbacks.gates",
     "PolicyDifficultyGate": "callbacks.gates",

@@ -159,6 +159,11 @@ class SeqRecDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         seed: shuffling and eval-subset seed.
         use_cache: cache semantic IDs on disk (``$ADAGRPO_CACHE``, default ``.adagrpo_cache``).
+        shuffle: shuffle the training batches (SFT) / prompts (RL) every epoch. ``False`` keeps the data
+            order, so one process with batch size ``k·B`` sees at each step exactly the union of what ``k``
+            data-parallel processes with batch size ``B`` see (batch ``i`` goes to rank ``i mod k``).
+        bucket: group SFT windows of similar length into batches (less padding). ``False`` cuts the windows,
+            in order, into consecutive batches.
     """
 
     def __init__(
@@ -177,6 +182,8 @@ class SeqRecDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         use_cache: bool = True,
+        shuffle: bool = True,
+        bucket: bool = True,
     ) -> None:
         super().__init__()
         if max_history < 1:
@@ -209,6 +216,8 @@ class SeqRecDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.use_cache = use_cache
+        self.shuffle = shuffle
+        self.bucket = bucket
         self.data: Interactions | None = None
         self.sids: SemanticIds | None = None
         self._prepared = False
@@ -313,13 +322,18 @@ class SeqRecDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.prepare()
         if self.train_mode == "sft":
-            lengths = (self.sft_windows >= 0).sum(1)
-            batches = bucket_batches(lengths, self.batch_size, self.seed)
+            if self.bucket:
+                lengths = (self.sft_windows >= 0).sum(1)
+                batches = bucket_batches(lengths, self.batch_size, self.seed)
+            else:
+                rows = np.arange(len(self.sft_windows))
+                batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             gen = torch.Generator().manual_seed(self.seed)
-            return DataLoader(_Batches(batches, self.sft_batch), batch_size=None, shuffle=True, generator=gen,
-                              num_workers=self.num_workers)
+            return DataLoader(_Batches(batches, self.sft_batch), batch_size=None, shuffle=self.shuffle,
+                              generator=gen if self.shuffle else None, num_workers=self.num_workers)
         targets = self.rl_targets
-        return self._loader(len(targets), self.batch_size, lambda rows: self.prompt_batch(targets[rows]), True)
+        return self._loader(len(targets), self.batch_size, lambda rows: self.prompt_batch(targets[rows]),
+                            self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         self.prepare()

@@ -25,7 +25,7 @@ def build_optimizers(module: L.LightningModule, optimizer_factory: Any, schedule
     optimizer = optimizer_factory(params) if optimizer_factory is not None else torch.optim.AdamW(
         params, lr=1e-3, weight_decay=0.01)
     if module._trainer is not None:
-        check_optimizer_strategy(optimizer, type(module.trainer.strategy).__name__)
+        check_optimizer_strategy(optimizer, strategy_kind(module.trainer.strategy))
     if scheduler_factory is None:
         return optimizer
     scheduler = scheduler_factory(optimizer)
@@ -33,6 +33,16 @@ def build_optimizers(module: L.LightningModule, optimizer_factory: Any, schedule
         scheduler.total_steps = int(module.trainer.estimated_stepping_batches)
         scheduler.total_steps_estimated = True
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def strategy_kind(strategy: Any) -> str:
+    """The Lightning strategy class a strategy is (or derives from), by name: ``FSDP2Strategy`` (our
+    ``ModelParallelStrategy`` subclass) is a ``"ModelParallelStrategy"``."""
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    for known in ("ModelParallelStrategy", "FSDPStrategy", "DeepSpeedStrategy", "DDPStrategy"):
+        if known in names:
+            return known
+    return names[0]
 
 
 def check_optimizer_strategy(optimizer: Optimizer, strategy_name: str) -> None:

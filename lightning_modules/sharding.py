@@ -32,7 +32,10 @@ def _fsdp():
 
 
 def shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True, param_dtype=None) -> nn.Module:  # noqa: ANN001
-    """``fully_shard`` each decoder layer, then the root, over ``mesh`` (in place; returns ``model``)."""
+    """``fully_shard`` each decoder layer, then the root, over ``mesh`` (in place; returns ``model``).
+    Without a mesh (``None``: no ``ModelParallelStrategy``) the model is returned unchanged."""
+    if mesh is None:
+        return model
     _, MixedPrecisionPolicy, fully_shard = _fsdp()
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if param_dtype is not None:
