@@ -218,8 +218,8 @@ def cmd_ablate(argv: list[str]) -> int:
     for cfg in args.config:
         name = Path(cfg).stem
         for seed in args.seeds:
-            stages.append(Stage(f"{name}-s{seed}", Path(cfg).resolve(), ["--seed_everything", str(seed), *overrides],
-                                test_last=True))
+            seeded = ["--seed_everything", str(seed), "--data.init_args.seed", str(seed)]  # init and data order
+            stages.append(Stage(f"{name}-s{seed}", Path(cfg).resolve(), [*seeded, *overrides], test_last=True))
     if args.print_only:
         for st in stages:
             base = ["--config", str(st.config), "--experiment", args.experiment, "--run_name", st.run_name]

@@ -102,7 +102,7 @@ class RewardDataModule(SeqRecDataModule):
         if cap is None or len(log) <= cap:
             return log
         keep = np.zeros(len(log), dtype=bool)
-        keep[np.random.default_rng(self.seed).choice(len(log), cap, replace=False)] = True
+        keep[np.random.default_rng(self.eval_seed).choice(len(log), cap, replace=False)] = True
         return log.select(keep)
 
     def train_dataloader(self) -> DataLoader:

@@ -157,7 +157,8 @@ class SeqRecDataModule(L.LightningDataModule):
         max_eval_samples: cap on validation prompts (a seeded random subset; None = all).
         max_test_samples: cap on test prompts (None = all).
         num_workers: DataLoader workers.
-        seed: shuffling and eval-subset seed.
+        seed: shuffling seed (training order).
+        eval_seed: seeds the validation/test subsets (``max_eval_samples``/``max_test_samples``).
         use_cache: cache semantic IDs on disk (``$ADAGRPO_CACHE``, default ``.adagrpo_cache``).
         shuffle: shuffle the training batches (SFT) / prompts (RL) every epoch. ``False`` keeps the data
             order, so one process with batch size ``k·B`` sees at each step exactly the union of what ``k``
@@ -181,6 +182,7 @@ class SeqRecDataModule(L.LightningDataModule):
         max_test_samples: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        eval_seed: int = 0,
         use_cache: bool = True,
         shuffle: bool = True,
         bucket: bool = True,
@@ -215,6 +217,7 @@ class SeqRecDataModule(L.LightningDataModule):
         self.max_test_samples = max_test_samples
         self.num_workers = num_workers
         self.seed = seed
+        self.eval_seed = eval_seed
         self.use_cache = use_cache
         self.shuffle = shuffle
         self.bucket = bucket
@@ -280,7 +283,8 @@ class SeqRecDataModule(L.LightningDataModule):
             positions = range(1, end) if self.rl_prompts == "all" else ([end - 1] if end >= 2 else [])
             rl.extend((u, p) for p in positions)
         self.rl_targets = np.asarray(rl, dtype=np.int64).reshape(-1, 2)
-        rng = np.random.default_rng(self.seed)
+        # Evaluation subsets depend on the eval seed only, so runs with different training seeds see the same users.
+        rng = np.random.default_rng(self.eval_seed)
         self.val_targets = _subsample(split.val, self.max_eval_samples, rng)
         self.test_targets = _subsample(split.test, self.max_test_samples, rng)
 
