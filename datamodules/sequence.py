@@ -318,10 +318,29 @@ class SeqRecDataModule(L.LightningDataModule):
             position=torch.from_numpy(np.ascontiguousarray(targets[:, 1])),
         )
 
-    def _loader(self, n: int, batch_size: int, collate, shuffle: bool) -> DataLoader:
+    def _loader(self, n: int, batch_size: int, collate, shuffle: bool, train: bool = False) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(_Rows(n), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                          num_workers=self.num_workers, generator=gen if shuffle else None)
+        sampler = self._ordered_train_sampler(_Rows(n)) if train and not shuffle else None
+        return DataLoader(_Rows(n), batch_size=batch_size, shuffle=shuffle if sampler is None else None,
+                          sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          generator=gen if shuffle else None)
+
+    def _ordered_train_sampler(self, dataset: Dataset):  # noqa: ANN202
+        """Under a data-parallel strategy with ``shuffle: false``: a ``DistributedSampler`` that keeps the data order
+        (item i goes to data-parallel rank i mod world size). Lightning's own training sampler always shuffles,
+        whatever the DataLoader's ``shuffle``; one that is already a ``DistributedSampler`` it leaves alone.
+        ``None`` (Lightning decides) when not distributed or when the trainer does not inject samplers."""
+        from torch.utils.data.distributed import DistributedSampler
+
+        trainer = getattr(self, "trainer", None)
+        try:
+            kwargs = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None)
+        except (AssertionError, RuntimeError):  # a strategy not set up yet (no device mesh)
+            kwargs = None
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if not kwargs or kwargs.get("num_replicas", 1) <= 1 or not getattr(connector, "use_distributed_sampler", True):
+            return None
+        return DistributedSampler(dataset, num_replicas=kwargs["num_replicas"], rank=kwargs["rank"], shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         self.prepare()
@@ -333,11 +352,13 @@ class SeqRecDataModule(L.LightningDataModule):
                 rows = np.arange(len(self.sft_windows))
                 batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             gen = torch.Generator().manual_seed(self.seed)
-            return DataLoader(_Batches(batches, self.sft_batch), batch_size=None, shuffle=self.shuffle,
-                              generator=gen if self.shuffle else None, num_workers=self.num_workers)
+            dataset = _Batches(batches, self.sft_batch)
+            sampler = None if self.shuffle else self._ordered_train_sampler(dataset)
+            return DataLoader(dataset, batch_size=None, shuffle=self.shuffle if sampler is None else None,
+                              sampler=sampler, generator=gen if self.shuffle else None, num_workers=self.num_workers)
         targets = self.rl_targets
         return self._loader(len(targets), self.batch_size, lambda rows: self.prompt_batch(targets[rows]),
-                            self.shuffle)
+                            self.shuffle, train=True)
 
     def val_dataloader(self) -> DataLoader:
         self.prepare()

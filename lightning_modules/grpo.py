@@ -184,6 +184,7 @@ class GRPOModule(PolicyModule):
         self.reference_spec = reference
         self.automatic_optimization = False
         self.reference: nn.Module | None = None
+        self._logged_kl0 = False
 
     # ------------------------------------------------------------------------------- model building
     def configure_model(self) -> None:
@@ -322,7 +323,7 @@ class GRPOModule(PolicyModule):
         for _ in range(self.mu):
             out, logp = self.losses(batch, ro, old_logp, ref_logp)
             if old_logp is None:  # first pass: the rollout policy's log-probs, diagnostics and admission
-                old_logp, diagnostics = logp, out.diagnostics
+                old_logp, diagnostics, first_kl = logp, out.diagnostics, out.kl.mean()
                 admission, per_gate = combine_gates(gates, diagnostics)
                 if self.filter_zero_std:
                     admission = admission * (~ro.zero_std).float()
@@ -334,6 +335,12 @@ class GRPOModule(PolicyModule):
             opt.step()
             if sched is not None:
                 sched.step()
+        if not self._logged_kl0 and ref_logp is not None:
+            # The KL to the reference before any update, logged once whatever log_every_n_steps is: from an
+            # exact copy it is 0; with a quantised reference it measures the quantisation gap.
+            for lg in self.loggers:
+                lg.log_metrics({"kl/step0": float(first_kl)}, step=self.global_step)
+            self._logged_kl0 = True
         for gate in gates:
             gate.observe(diagnostics)
         out.diagnostics = diagnostics
