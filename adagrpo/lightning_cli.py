@@ -74,6 +74,19 @@ class AdaGRPOCLI(LightningCLI):
         parser.add_argument("--checkpoint", type=str, default="best",
                             help="test/validate without --ckpt_path: the fit's `best` or `last` checkpoint.")
 
+    def check_checkpoint(self) -> None:
+        """Before fit/validate/test/predict with ``--ckpt_path FILE``: fail at once, in one process, if the checkpoint
+        was trained on other semantic IDs than the configured data (see ``PolicyModule.check_checkpoint_file``)."""
+        from datamodules.sequence import SeqRecDataModule
+        from lightning_modules.base import PolicyModule
+
+        ckpt = (self.config_init.get(self.subcommand) or {}).get("ckpt_path")
+        if (ckpt and Path(str(ckpt)).is_file() and isinstance(self.model, PolicyModule)
+                and isinstance(self.datamodule, SeqRecDataModule)):
+            self.model.check_checkpoint_file(str(ckpt), self.datamodule)
+
+    before_fit = before_validate = before_test = before_predict = check_checkpoint
+
     def before_instantiate_classes(self) -> None:
         sub = self.config.get(self.subcommand)
         if sub is None:

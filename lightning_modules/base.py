@@ -149,6 +149,18 @@ class PolicyModule(L.LightningModule):
         checkpoint[CKPT_KEY] = {**self.sid_signature(), "policy": self.policy_spec.describe(),
                                 "module": type(self).__name__}
 
+    def check_checkpoint_file(self, path: str, data: SeqRecDataModule) -> None:
+        """Raise :class:`IncompatibleCheckpoint` if the checkpoint file at ``path`` was trained on other semantic IDs
+        than ``data``'s. The CLI calls this before the trainer starts: under FSDP2 (``ModelParallelStrategy``)
+        Lightning loads a checkpoint's weights before :meth:`on_load_checkpoint`, so a vocabulary change would
+        otherwise surface as a bare tensor-size error on every rank."""
+        try:  # memory-mapped: the weights are not read
+            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except RuntimeError:  # not a zip-format file
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        self.attach(data)
+        check_signature(checkpoint.get(CKPT_KEY), self.sid_signature(), str(path))
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
         if self.data is None:  # loaded outside a Trainer: checked when a DataModule is attached

@@ -250,3 +250,73 @@ def test_compare_unknown_metric(cli_world, monkeypatch, capsys):
                            "--no-mlflow")
     assert rc == 1
     assert "not/a/metric" in err, err
+
+
+def test_analyze_strata_table_and_heatmap(cli_world, monkeypatch, capsys):
+    monkeypatch.chdir(cli_world.root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cli_world.tracking_uri)
+    runs = cli_world.runs / EXPERIMENT
+    out_dir = cli_world.root / "strata"
+    data_cfg = tmp_data_config(cli_world)
+    outcome = run_cli(["analyze", "--data", str(data_cfg), "--sft", str(runs / "sft" / "best.ckpt"),
+                       "--reward", str(runs / "reward" / "best.ckpt"),
+                       "--policy", f"adagrpo={runs / 'adagrpo' / 'best.ckpt'}", "--group", "4", "--max-users", "40",
+                       "--out", str(out_dir), "--experiment", EXPERIMENT])
+    out = capsys.readouterr().out
+    assert outcome.rc == 0, outcome
+    rows = json.loads((out_dir / "strata.json").read_text())
+    assert [r["stratum"] for r in rows][:4] == ["certain·noisy", "certain·discriminative", "uncertain·noisy",
+                                                "uncertain·discriminative"]
+    assert sum(r["users"] for r in rows[:4]) == rows[4]["users"] == 40  # every user in exactly one stratum
+    assert all(0.0 <= r["sft"] <= 1.0 for r in rows if r["users"])
+    assert (out_dir / "strata.png").stat().st_size > 1000
+    assert "adagrpo − sft" in out
+
+
+def test_analyze_refuses_a_checkpoint_from_other_data(cli_world, monkeypatch, capsys):
+    monkeypatch.chdir(cli_world.root)
+    other = cli_world.root / "other_data.yaml"
+    other.write_text(tmp_data_config(cli_world).read_text().replace("seed: 0", "seed: 7"))
+    runs = cli_world.runs / EXPERIMENT
+    outcome = run_cli(["analyze", "--data", str(other), "--sft", str(runs / "sft" / "best.ckpt"),
+                       "--reward", str(runs / "reward" / "best.ckpt"), "--max-users", "10"])
+    err = capsys.readouterr().err
+    assert outcome.rc == 1 and "different semantic IDs" in err, (outcome, err)
+
+
+def tmp_data_config(world: World) -> Path:
+    """The synthetic RL data config at the tiny size the session's checkpoints were trained on."""
+    path = world.root / "tiny_rl.yaml"
+    if not path.exists():
+        path.write_text(
+            "class_path: datamodules.SeqRecDataModule\n"
+            "init_args:\n"
+            "  source:\n"
+            "    class_path: datamodules.SyntheticSource\n"
+            "    init_args: {num_users: 150, num_items: 100, seed: 0}\n"
+            f"  sids: {CONFIGS / 'data' / 'sids' / 'text_small.yaml'}\n"
+            "  train_mode: prompts\n"
+        )
+    return path
+
+
+def test_ablate_print_lists_ordinary_commands(capsys):
+    rc = main(["ablate", "--config", str(CONFIGS / "experiments" / "adagrpo.yaml"), "--config",
+               str(CONFIGS / "experiments" / "grpo_fixed_0.1.yaml"), "--seeds", "0", "1", "--experiment", "grid",
+               "--print", "--trainer.max_steps", "7"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    fits = [ln for ln in lines if " fit " in f" {ln} "]
+    assert len(fits) == 4 and len([ln for ln in lines if "--checkpoint last" in ln]) == 4
+    assert any("--run_name adagrpo-s1" in ln and "--seed_everything 1" in ln and "--data.init_args.seed 1" in ln
+               and "--trainer.max_steps 7" in ln for ln in fits)
+    assert lines[-1].endswith("compare --experiment grid")
+
+
+def test_export_cli_writes_a_pretrained_folder(cli_world, tmp_path, capsys):
+    ckpt = cli_world.runs / EXPERIMENT / "sft" / "best.ckpt"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").exists() and (tmp_path / "hf" / "tokenizer.json").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 1 and "checkpoint not found" in capsys.readouterr().err

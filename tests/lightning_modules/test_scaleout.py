@@ -176,3 +176,37 @@ def test_gpu_check_smoke_beauty(tmp_path, data_root):
     beauty = results["beauty"]
     assert "error" not in beauty and "skipped" not in beauty, beauty
     assert 0.0 <= beauty["test/hr_10"] <= 1.0, beauty
+
+
+# ------------------------------------------------------------------------------------------ ordered data-parallel data
+@pytest.mark.parametrize("train_mode", ["sft", "prompts"])
+def test_unshuffled_training_data_keeps_its_order_across_ranks(tiny_world_dm, train_mode):
+    """``shuffle: false`` under a data-parallel strategy: rank r gets items r, r + W, ... in order (Lightning's own
+    training sampler would shuffle whatever the DataLoader says)."""
+    import copy
+
+    from torch.utils.data.distributed import DistributedSampler
+
+    def loader(rank: int | None, shuffle: bool = False):  # noqa: ANN202
+        dm = copy.copy(tiny_world_dm)  # the session fixture stays untouched
+        dm.train_mode, dm.shuffle, dm.bucket = train_mode, shuffle, False
+        dm.trainer = None if rank is None else SimpleNamespace(
+            strategy=SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank}),
+            _accelerator_connector=SimpleNamespace(use_distributed_sampler=True))
+        return dm.train_dataloader()
+
+    def first(batch):  # noqa: ANN001, ANN202
+        return (batch.input_ids if train_mode == "sft" else batch.prompt_ids)[:, -4:]
+
+    single = list(loader(None))
+    assert not isinstance(loader(None).sampler, DistributedSampler)  # one process: Lightning decides
+    assert not isinstance(loader(0, shuffle=True).sampler, DistributedSampler)  # shuffling: Lightning's sampler
+    ranks = [list(loader(r)) for r in (0, 1)]
+    for r, batches in enumerate(ranks):
+        assert isinstance(loader(r).sampler, DistributedSampler) and not loader(r).sampler.shuffle
+        if train_mode == "sft":  # whole batches are dataset items: batch i goes to rank i mod 2
+            for i, batch in enumerate(batches[:3]):
+                assert torch.equal(first(batch), first(single[2 * i + r]))
+        else:  # rows are dataset items: row j goes to rank j mod 2
+            rows = torch.cat([first(b) for b in single])
+            assert torch.equal(first(batches[0]), rows[r::2][: len(batches[0])])
