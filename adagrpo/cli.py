@@ -29,8 +29,9 @@ Training and evaluation (LightningCLI; see `adagrpo fit --help`):
 Project commands (see `adagrpo <command> --help`):
 {extra}
 
-Configs live in configs/ (data/, model/, trainer/, logger/, experiments/); combine several
-with repeated --config. Paths in data configs resolve under $ADAGRPO_DATA_ROOT (default: data/).
+Configs live in configs/ (data/, model/, trainer/, experiments/). An experiment names its data and
+model fragments by path; trainer/*.yaml are overlays added with a second --config. Paths in data
+configs resolve under $ADAGRPO_DATA_ROOT (default: data/).
 """
 
 

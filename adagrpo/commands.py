@@ -155,6 +155,7 @@ def cmd_analyze(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import json as _json
 
+    from datamodules.errors import ConfigError, DataError
     from lightning_modules.analysis import format_strata, load_policy, plot_strata, stratified_analysis
     from lightning_modules.base import IncompatibleCheckpoint
     from lightning_modules.reward import TrainedReward
@@ -172,7 +173,7 @@ def cmd_analyze(argv: list[str]) -> int:
         result = stratified_analysis(dm, policies["sft"], policies, TrainedReward(args.reward), k=args.k,
                                      group=args.group, difficulty_rank=args.difficulty_rank,
                                      auc_threshold=args.auc_threshold, max_users=args.max_users)
-    except (IncompatibleCheckpoint, FileNotFoundError) as err:
+    except (IncompatibleCheckpoint, FileNotFoundError, DataError, ConfigError) as err:
         print(f"adagrpo analyze: {err}", file=sys.stderr)
         return 1
     rows = result.table()

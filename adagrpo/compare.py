@@ -2,7 +2,8 @@
 
 For each run: HR@K / NDCG@K and the unconstrained hallucination rate of the best checkpoint (``test/…``)
 and of the final one (``test_last/…``), the mean gate open rate and rollout reward over training, and
-the balancer/gates that label it. Runs named ``<variant>-s<seed>`` are grouped per variant (mean ± std).
+the balancer/gates that label it. Runs named ``<variant>-s<seed>`` are grouped per variant (mean ± std); of
+several runs with one name, the latest counts.
 Writes a CSV and a PNG of HR@10 against hallucination, and logs both to MLflow.
 """
 
@@ -54,7 +55,11 @@ def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: lis
         names = sorted(e.name for e in client.search_experiments())
         raise CompareError(f"no MLflow experiment named {experiment!r} in {tracking_uri or tracking_uri_default()} "
                            f"(experiments there: {names or 'none'})")
-    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
+    latest: dict[str, object] = {}
+    for run in runs:  # a rerun of a name (quickstart --force, a repeated ablation) replaces the older run
+        latest.setdefault(run.data.tags.get("mlflow.runName", run.info.run_id), run)
+    runs = list(latest.values())
     if not runs:
         raise CompareError(f"experiment {experiment!r} has no runs yet")
     keys = [k for _, k in COLUMNS] + list(extra_metrics or [])

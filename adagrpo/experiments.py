@@ -93,7 +93,8 @@ def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs
         done = folder / "stage.json"
         if not force and done.exists():
             prior = json.loads(done.read_text())
-            if prior.get("key") == key and Path(prior.get("best_copy", "")).exists():
+            best = prior.get("best_copy")
+            if prior.get("key") == key and best and Path(best).is_file():
                 print(f"[{stage.run_name}] up to date (key {key}); reusing {prior['best_copy']}", flush=True)
                 records[stage.run_name] = prior
                 continue

@@ -73,6 +73,8 @@ class AdaGRPOCLI(LightningCLI):
                             help="The run's name within the experiment (stage or variant); default: the subcommand.")
         parser.add_argument("--checkpoint", type=str, default="best",
                             help="test/validate without --ckpt_path: the fit's `best` or `last` checkpoint.")
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="test/validate without any checkpoint (an untrained model; a baseline check).")
 
     def check_checkpoint(self) -> None:
         """Before fit/validate/test/predict with ``--ckpt_path FILE``: fail at once, in one process, if the checkpoint
@@ -109,8 +111,10 @@ class AdaGRPOCLI(LightningCLI):
                 log.warning("no --ckpt_path given: evaluating the %s checkpoint of the latest fit of %s/%s: %s",
                             which, experiment, run_name, ckpt)
                 sub["ckpt_path"] = ckpt
-            else:
-                log.warning("no --ckpt_path and no recorded fit in %s: evaluating the untrained model", folder)
+            elif not sub.get("allow_untrained"):
+                raise SystemExit(f"adagrpo {self.subcommand}: no --ckpt_path given and no recorded fit of "
+                                 f"{experiment}/{run_name} in {folder}; fit it first, pass --ckpt_path, or "
+                                 "--allow_untrained true to evaluate an untrained model")
         if self.subcommand == "test" and which == "last":
             model_args = sub.get("model", {}).get("init_args")
             if model_args is not None and "test_prefix" in model_args:

@@ -9,6 +9,15 @@
 #   ADAGRPO_DATA_ROOT=../shared/data bash benchmarks/real_study.sh beauty|industrial
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# fit_once RUN_NAME ARGS...: `adagrpo fit ARGS` unless runs/<experiment>/<RUN_NAME>/best.ckpt exists (FORCE=1 refits).
+fit_once() {
+    local run=$1; shift
+    if [ -z "${FORCE:-}" ] && [ -f "${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt" ]; then
+        echo "[$run] already fitted: ${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt (FORCE=1 to refit)"
+    else
+        python -m adagrpo fit "$@"
+    fi
+}
 DATASET=${1:?usage: real_study.sh beauty|industrial}
 EXP=$DATASET-study
 RUNS=${ADAGRPO_RUNS:-runs}
@@ -23,14 +32,14 @@ CAP=()
 [ "$TEST_USERS" != 0 ] && CAP=(--data.init_args.max_test_samples "$TEST_USERS")
 
 # SFT (all test users: HR@K, NDCG@K, hallucination).
-python -m adagrpo fit --config configs/experiments/sft.yaml "${TRAINER[@]}" --data "configs/data/$DATASET.yaml" \
+fit_once sft --config configs/experiments/sft.yaml "${TRAINER[@]}" --data "configs/data/$DATASET.yaml" \
     --model.init_args.policy "$POLICY" --experiment "$EXP" --run_name sft --trainer.max_epochs "$SFT_EPOCHS" \
     --data.init_args.max_eval_samples 2000
 python -m adagrpo test --config configs/experiments/sft.yaml "${TRAINER[@]}" --data "configs/data/$DATASET.yaml" \
     --model.init_args.policy "$POLICY" --experiment "$EXP" --run_name sft
 
 # Reward model on simulated exposure, with its bias report.
-python -m adagrpo fit --config configs/experiments/reward.yaml "${TRAINER[@]}" \
+fit_once reward --config configs/experiments/reward.yaml "${TRAINER[@]}" \
     --data "configs/data/${DATASET}_reward.yaml" --experiment "$EXP" --run_name reward --trainer.max_epochs "$RM_EPOCHS"
 python -m adagrpo test --config configs/experiments/reward.yaml "${TRAINER[@]}" \
     --data "configs/data/${DATASET}_reward.yaml" --experiment "$EXP" --run_name reward
@@ -41,7 +50,7 @@ for c in grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_
          adagrpo_discriminability_only; do
     args=(--config "configs/experiments/$c.yaml" "${TRAINER[@]}" --data "configs/data/${DATASET}_rl.yaml"
           --experiment "$EXP" --run_name "$c" "${CAP[@]}")
-    python -m adagrpo fit "${args[@]}" --trainer.max_steps "$RL_STEPS" --data.init_args.max_eval_samples 1000
+    fit_once "$c" "${args[@]}" --trainer.max_steps "$RL_STEPS" --data.init_args.max_eval_samples 1000
     python -m adagrpo test "${args[@]}"
     python -m adagrpo test "${args[@]}" --checkpoint last
 done

@@ -94,7 +94,7 @@ def coat_dm(args: argparse.Namespace) -> RewardDataModule:
     if not (root / "train.ascii").is_file():
         sys.exit(f"Coat data not found under {root} (set --data-root or ADAGRPO_DATA_ROOT)")
     return RewardDataModule(source=CoatSource(str(root)), sids=text_sids(32, cap=True),
-                            exposure=CoatExposure(test_share=0.2, seed=args.seed), split="ratio", max_history=24,
+                            exposure=CoatExposure(), split="ratio", max_history=24,
                             batch_size=args.batch, eval_batch_size=512, seed=args.seed)
 
 
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = (f"Beauty{f' (first {args.max_users} users)' if args.max_users else ''}, "
                     "SimulatedExposure(alpha=1, 9 exposed, retriever share 0.5); ") + settings
     else:
-        settings = "Coat, CoatExposure(test_share=0.2), liked = rating >= 4; " + settings
+        settings = "Coat, CoatSource(test_share=0.2, val_share=0.1), liked = rating >= 4; " + settings
     text = "\n".join([
         f"# reward_bias --dataset {args.dataset}   {datetime.datetime.now():%Y-%m-%d %H:%M}",
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -7,16 +7,25 @@
 #   bash benchmarks/synthetic_study.sh [seeds...]        # default seeds: 0 1 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# fit_once RUN_NAME ARGS...: `adagrpo fit ARGS` unless runs/<experiment>/<RUN_NAME>/best.ckpt exists (FORCE=1 refits).
+fit_once() {
+    local run=$1; shift
+    if [ -z "${FORCE:-}" ] && [ -f "${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt" ]; then
+        echo "[$run] already fitted: ${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt (FORCE=1 to refit)"
+    else
+        python -m adagrpo fit "$@"
+    fi
+}
 EXP=synthetic-study
 SEEDS=("${@:-0 1 2}")
 RUNS=${ADAGRPO_RUNS:-runs}
 STEPS=${STUDY_STEPS:-150}
 
 # 1. SFT and the reward model (seed 0), evaluated like every other run.
-python -m adagrpo fit  --config configs/experiments/sft.yaml --experiment $EXP --run_name sft
+fit_once sft --config configs/experiments/sft.yaml --experiment $EXP --run_name sft
 python -m adagrpo test --config configs/experiments/sft.yaml --experiment $EXP --run_name sft \
     --data.init_args.max_test_samples 2000
-python -m adagrpo fit  --config configs/experiments/reward.yaml --experiment $EXP --run_name reward
+fit_once reward --config configs/experiments/reward.yaml --experiment $EXP --run_name reward
 python -m adagrpo test --config configs/experiments/reward.yaml --experiment $EXP --run_name reward
 
 # 2. RL variants x seeds from the same SFT start and reward model.
@@ -24,7 +33,7 @@ export ADAGRPO_SFT_CKPT=$RUNS/$EXP/sft/best.ckpt ADAGRPO_REWARD_CKPT=$RUNS/$EXP/
 CONFIGS=()
 for c in ${STUDY_CONFIGS:-grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_difficulty_only \
          adagrpo_discriminability_only}; do CONFIGS+=(--config "configs/experiments/$c.yaml"); done
-python -m adagrpo ablate "${CONFIGS[@]}" --seeds ${SEEDS[@]} --experiment $EXP \
+python -m adagrpo ablate "${CONFIGS[@]}" --seeds ${SEEDS[@]} --experiment $EXP ${FORCE:+--force} \
     --trainer.max_steps "$STEPS" --data.init_args.max_eval_samples 500 --data.init_args.max_test_samples 2000
 
 # 3. The table (best and final checkpoints, mean ± std over seeds) with the true utility of the recommendations.

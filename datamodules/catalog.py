@@ -110,6 +110,18 @@ class Interactions:
     def sequences(self) -> list[np.ndarray]:
         return [self.sequence(u) for u in range(self.num_users)]
 
+    def truncated(self, ends: np.ndarray) -> Interactions:
+        """The same users and catalogue with each sequence cut to its first ``ends[u]`` items (e.g. the training
+        prefixes of a split, so that nothing derived from it sees held-out interactions)."""
+        lengths = self.lengths()
+        user = np.repeat(np.arange(self.num_users), lengths)  # [nnz]
+        position = np.arange(len(self.items)) - self.offsets[user]  # [nnz]
+        keep = position < np.minimum(np.asarray(ends), lengths)[user]
+        new_lengths = np.bincount(user[keep], minlength=self.num_users)
+        offsets = np.zeros(self.num_users + 1, dtype=np.int64)
+        np.cumsum(new_lengths, out=offsets[1:])
+        return Interactions(self.name, self.catalog, list(self.user_ids), offsets, self.items[keep], list(self.files))
+
     def popularity(self) -> np.ndarray:
         """Interaction count per item, ``[N]`` int64."""
         return np.bincount(self.items, minlength=self.num_items).astype(np.int64)
@@ -120,9 +132,11 @@ class Interactions:
         h.update(np.ascontiguousarray(self.offsets).tobytes())
         h.update(np.ascontiguousarray(self.items).tobytes())
         h.update("\x1f".join(self.catalog.item_ids).encode())
-        for name in sorted(self.catalog.text):  # text-based SIDs must change when the text does
+        fields = {**{f"text:{k}": v for k, v in self.catalog.text.items()},
+                  **{f"attr:{k}": v for k, v in self.catalog.attrs.items()}}
+        for name in sorted(fields):  # text SIDs change with the text; index SIDs with the id column they use
             h.update(name.encode())
-            h.update("\x1f".join(self.catalog.text[name]).encode())
+            h.update("\x1f".join(fields[name]).encode())
         return h.hexdigest()[:16]
 
     def stats(self) -> dict[str, float]:

@@ -39,9 +39,3 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"config key {key!r}: {message}")
-
-
-def check(condition: bool, key: str, message: str) -> None:
-    """Raise :class:`ConfigError` for ``key`` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(key, message)

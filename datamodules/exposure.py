@@ -77,7 +77,10 @@ class SimulatedExposure(ExposureSpec):
     For every position ``p ≥ 1`` of every sequence, the clicked item ``seq[p]`` is shown among
     ``num_exposed`` other items: a share ``retriever_share`` from a co-occurrence retriever (items
     seen right after the user's last item, drawn ∝ count) and the rest ∝ ``popularity ** alpha``.
-    Items already in the history or equal to the click are left out of the slate.
+    Items already in the history or equal to the click are left out of the slate (and replaced by spare
+    draws). Popularity and co-occurrence are counted over the training prefixes only, so validation and
+    test events never inform the logging policy; within the training period the simulation is not
+    time-ordered (a standard simplification: the logging policy knows the whole training log).
 
     Args:
         alpha: exposure bias (popularity exponent; 0 = uniform).
@@ -119,8 +122,10 @@ class SimulatedExposure(ExposureSpec):
         weights = pop ** self.alpha
         cdf = torch.cumsum(weights / weights.sum(), 0)  # [N]
         e = len(clicked)
-        n_ret = int(round(self.retriever_share * self.num_exposed))
-        n_pop = self.num_exposed - n_ret
+        # Draw twice the slate: slots equal to the click, repeated, or already in the history are dropped and the
+        # slate is refilled from the spare draws, so the number of negatives does not depend on the label.
+        n_ret = 2 * int(round(self.retriever_share * self.num_exposed))
+        n_pop = 2 * self.num_exposed - n_ret
         draws = [torch.searchsorted(cdf, torch.rand(e, n_pop, generator=gen, dtype=torch.float64))]
         if n_ret:
             nbr, nbr_w = _cooccurrence_neighbours(data, train_end, self.neighbours)  # [N, M]
@@ -132,8 +137,13 @@ class SimulatedExposure(ExposureSpec):
             # No co-occurrence to retrieve from: the retriever's share is drawn uniformly from the catalogue.
             uniform = torch.randint(n, (e, n_ret), generator=gen)
             draws.append(torch.where(empty[:, None], uniform, retrieved))
-        slate = torch.cat(draws, 1).clamp_max(n - 1)  # [E, num_exposed]
+        # Interleave popularity and retriever draws so the kept slots keep the mixture's proportions.
+        slate = torch.cat(draws, 1).clamp_max(n - 1)  # [E, 2 * num_exposed]
+        slate = slate[:, torch.argsort(torch.cat([torch.arange(n_pop) / max(n_pop, 1),
+                                                   torch.arange(n_ret) / max(n_ret, 1)]), stable=True)]
         slate = _drop_repeats(slate, clicked, data, user, position)
+        first_valid = torch.argsort((slate < 0).long(), dim=1, stable=True)[:, : self.num_exposed]
+        slate = slate.gather(1, first_valid)  # [E, num_exposed], -1 only when too few distinct items were drawn
         items = torch.cat([clicked[:, None], slate], 1).numpy()  # [E, 1 + num_exposed]
         labels = np.zeros_like(items, dtype=np.float32)
         labels[:, 0] = 1.0
@@ -206,38 +216,26 @@ class WorldExposure(ExposureSpec):
 class CoatExposure(ExposureSpec):
     """Coat: biased (self-selected) ratings train the model, randomly assigned ratings test it.
 
-    The data source must be :class:`CoatSource` (a user's "sequence" is their self-selected liked
-    coats). Every self-selected rating becomes an event (liked = rating ≥ ``like_threshold``);
-    ``test_share`` of each user's events are held out as the biased test. The random-exposure ratings
-    form the unbiased log. A scored coat is always removed from the history it is scored against.
+    The data source must be :class:`CoatSource`, which splits the self-selected ratings into train /
+    validation / biased-test events and builds every user's history from the liked coats of their
+    *training* events only (so held-out ratings never appear in any history). Liked = rating ≥ the
+    source's ``like_threshold``. The random-exposure ratings form the unbiased log. A scored coat is
+    always removed from the history it is scored against.
     """
-
-    def __init__(self, test_share: float = 0.2, seed: int = 0) -> None:
-        self.test_share = test_share
-        self.seed = seed
 
     def build(self, data: Interactions, train_end: np.ndarray, source: object) -> ExposureSplits:
         if not isinstance(source, CoatSource):
             raise ConfigError("exposure", "CoatExposure needs data.source: datamodules.CoatSource")
-        rng = np.random.default_rng(self.seed)
-        biased = source.ratings("train")
-        users = biased[:, 0]
-        held = rng.random(len(biased)) < self.test_share
-        full = data.lengths()[users]  # history = all liked coats (minus the scored one, at batch time)
+        biased, split = source.ratings("train"), source.event_split()
+        history_len = data.lengths()  # history = the user's liked training coats (minus the scored one)
 
-        def log(rows: np.ndarray, pos: np.ndarray) -> ExposureLog:
+        def log(rows: np.ndarray) -> ExposureLog:
             labels = (rows[:, 2] >= source.like_threshold).astype(np.float32)[:, None]
-            return ExposureLog(rows[:, 0].astype(np.int64), pos.astype(np.int64), rows[:, 1:2].astype(np.int64), labels)
+            users = rows[:, 0].astype(np.int64)
+            return ExposureLog(users, history_len[users], rows[:, 1:2].astype(np.int64), labels)
 
-        rng_val = rng.random(len(biased)) < 0.1
-        train_mask = ~held & ~rng_val
-        unbiased = source.ratings("test")
-        return ExposureSplits(
-            train=log(biased[train_mask], full[train_mask]),
-            val=log(biased[~held & rng_val], full[~held & rng_val]),
-            test=log(biased[held], full[held]),
-            unbiased=log(unbiased, data.lengths()[unbiased[:, 0]]),
-        )
+        return ExposureSplits(train=log(biased[split == 0]), val=log(biased[split == 1]),
+                              test=log(biased[split == 2]), unbiased=log(source.ratings("test")))
 
 
 class CoatSource(DataSource):
@@ -252,11 +250,22 @@ class CoatSource(DataSource):
         like_threshold: ratings at or above it count as a click / like.
     """
 
-    def __init__(self, root: str, like_threshold: int = 4, name: str = "coat") -> None:
+    def __init__(self, root: str, like_threshold: int = 4, test_share: float = 0.2, val_share: float = 0.1,
+                 seed: int = 0, name: str = "coat") -> None:
         super().__init__(min_length=1, on_short="error", name=name)
+        if not (0 <= test_share < 1 and 0 <= val_share < 1 and test_share + val_share < 1):
+            raise ConfigError("source.test_share", f"test_share {test_share} + val_share {val_share} must be < 1")
         self.root = str(root)
         self.like_threshold = like_threshold
+        self.test_share = test_share
+        self.val_share = val_share
+        self.seed = seed
         self._matrices: dict[str, np.ndarray] = {}
+
+    def event_split(self) -> np.ndarray:
+        """For each row of ``ratings("train")``: 0 = train, 1 = validation, 2 = biased test (seeded)."""
+        u = np.random.default_rng(self.seed).random(len(self.ratings("train")))
+        return np.where(u < self.test_share, 2, np.where(u < self.test_share + self.val_share, 1, 0))
 
     def _matrix(self, split: str) -> np.ndarray:
         if split not in self._matrices:
@@ -300,11 +309,15 @@ class CoatSource(DataSource):
         train = self._matrix("train")
         n_users, n_items = train.shape
         catalog = Catalog(item_ids=[str(i) for i in range(n_items)], text={"title": self._item_text(n_items)})
-        seqs = [np.flatnonzero(train[u] >= self.like_threshold).tolist() for u in range(n_users)]
-        # Coat users with no liked coat still need a history slot: use their highest-rated coat.
+        # Histories hold the liked coats of training events only: held-out ratings must not shape any input.
+        rows, split = self.ratings("train"), self.event_split()
+        kept = rows[split == 0]
+        seqs = [kept[(kept[:, 0] == u) & (kept[:, 2] >= self.like_threshold), 1].tolist() for u in range(n_users)]
+        # A user with no liked training coat still needs a history slot: their highest-rated training coat.
         for u, s in enumerate(seqs):
             if not s:
-                s.append(int(np.argmax(train[u])))
+                mine = kept[kept[:, 0] == u]
+                s.append(int(mine[np.argmax(mine[:, 2]), 1]) if len(mine) else int(np.argmax(train[u])))
         file = str(Path(self.root) / "train.ascii")
         data = Interactions.from_lists(self.name, catalog, [str(u) for u in range(n_users)], seqs, [file])
         return data, [(file, u + 1, str(u)) for u in range(n_users)]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from datamodules.cache import atomic_write_text, cached
@@ -30,7 +31,7 @@ LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _TOKEN_RE = re.compile(r"^<([a-z])_(\d+)>$")
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 #: Bumped whenever the way SIDs are derived changes, so old cache entries are not reused.
-SID_CACHE_VERSION = 2
+SID_CACHE_VERSION = 3
 
 
 def code_token(level: int, code: int) -> str:
@@ -264,12 +265,15 @@ class SidBuilder(ABC):
     def source_name(self) -> str | None:
         return None
 
-    def build(self, data: Interactions, use_cache: bool = True) -> SemanticIds:
+    def build(self, data: Interactions, use_cache: bool = True, train_end: np.ndarray | None = None) -> SemanticIds:
+        """SIDs for ``data``'s catalogue. With ``train_end``, interaction-based embeddings see only each user's
+        first ``train_end[u]`` items, so held-out (validation/test) interactions never shape the SIDs."""
+        view = data if train_end is None else data.truncated(train_end)
         key = {"builder": type(self).__name__, "version": SID_CACHE_VERSION, **self.cache_key(data),
-               "data": data.fingerprint(), "dedup": self.dedup}
+               "data": view.fingerprint(), "dedup": self.dedup}
 
         def make() -> dict:
-            codes, sizes, extra = self.raw_codes(data)
+            codes, sizes, extra = self.raw_codes(view)
             codes, sizes, report = deduplicate(codes, sizes, self.dedup, data.catalog.item_ids, self.source_name())
             report.update(extra)
             return {"codes": codes, "sizes": sizes, "report": report}

@@ -231,13 +231,14 @@ class SeqRecDataModule(L.LightningDataModule):
         if self._prepared:
             return
         self.data = self.source.load()
-        self.sids = self.sid_builder.build(self.data, use_cache=self.use_cache)
+        # The split first: SIDs from interactions (collaborative embeddings) may only see training prefixes.
+        self.split = leave_one_out(self.data) if self.split_name == "leave_one_out" else ratio_split(
+            self.data, self.ratios)  # type: ignore[arg-type]
+        self.sids = self.sid_builder.build(self.data, use_cache=self.use_cache, train_end=self.split.train_end)
         self.vocab = self.sids.vocab()
         self.trie = CatalogTrie(self.sids.codes, self.sids.codebook_sizes)
         self.item_tokens = self.vocab.encode(self.sids.codes)  # [N, L]
         self.tokenizer = SlotTokenizer(self.item_tokens, self.vocab)
-        self.split = leave_one_out(self.data) if self.split_name == "leave_one_out" else ratio_split(
-            self.data, self.ratios)  # type: ignore[arg-type]
         self._build_matrices()
         self._prepared = True
 
@@ -264,7 +265,7 @@ class SeqRecDataModule(L.LightningDataModule):
         seqs = data.sequences()
         # SFT windows over each training prefix: size h+1, stride h, so every item but a user's first is
         # a target exactly once and sees up to h items of context.
-        windows, starts = [], []
+        windows = []
         for u, seq in enumerate(seqs):
             train = seq[: split.train_end[u]]
             if len(train) < 2:
@@ -273,7 +274,6 @@ class SeqRecDataModule(L.LightningDataModule):
             while end > 1:
                 start = max(0, end - (h + 1))
                 windows.append(train[start:end])
-                starts.append(start == 0)
                 end = start + 1
         self.sft_windows = _left_pad(windows, h + 1)  # [W, h+1]
         # RL prompts: (user, position) over training prefixes.

@@ -42,14 +42,16 @@ def leave_one_out(data: Interactions) -> Split:
 def ratio_split(data: Interactions, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Split:
     """Positional split of each sequence: the first ``ratios[0]`` of positions train, the next
     ``ratios[1]`` are validation targets, the rest test targets (each user keeps ≥ 1 of each when
-    the sequence has ≥ 3 items)."""
+    the sequence has ≥ 3 items; a 2-item sequence gets a test target only, a 1-item one trains only)."""
     if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6:
         raise ConfigError("ratios", f"must be three non-negative numbers summing to 1, got {ratios}")
     lengths = data.lengths()
-    n_test = np.maximum(1, np.floor(lengths * ratios[2] + 0.5)).astype(np.int64)
-    n_val = np.maximum(1, np.floor(lengths * ratios[1] + 0.5)).astype(np.int64)
+    # A test target needs >= 1 training item before it, a validation target >= 2 items: shorter sequences
+    # only train (never is a held-out item also a training item).
+    n_test = np.where(lengths >= 2, np.maximum(1, np.floor(lengths * ratios[2] + 0.5)), 0).astype(np.int64)
+    n_val = np.where(lengths >= 3, np.maximum(1, np.floor(lengths * ratios[1] + 0.5)), 0).astype(np.int64)
     train_end = np.maximum(1, lengths - n_test - n_val)
-    val_end = np.minimum(lengths - 1, train_end + n_val)
+    val_end = np.minimum(lengths - n_test, train_end + n_val)
     val, test = [], []
     for u in range(data.num_users):
         val.extend((u, p) for p in range(int(train_end[u]), int(val_end[u])))

@@ -69,8 +69,6 @@ class CatalogTrie:
             raise ValueError(f"SIDs are not distinct: {n} items but {num_parents} distinct code tuples")
         self.leaf_item = torch.empty(n, dtype=torch.long)
         self.leaf_item[parent] = order  # leaf node id -> item index
-        self.item_leaf = torch.empty(n, dtype=torch.long)
-        self.item_leaf[order] = parent
         self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------ device / size
@@ -80,12 +78,11 @@ class CatalogTrie:
         for name in ("keys", "child_start", "child_count", "node_code"):
             setattr(self, name, [t.to(device) for t in getattr(self, name)])
         self.leaf_item = self.leaf_item.to(device)
-        self.item_leaf = self.item_leaf.to(device)
         self.device = device
         return self
 
     def nbytes(self) -> int:
-        tensors = [*self.keys, *self.child_start, *self.child_count, *self.node_code, self.leaf_item, self.item_leaf]
+        tensors = [*self.keys, *self.child_start, *self.child_count, *self.node_code, self.leaf_item]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ------------------------------------------------------------------ queries

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from datamodules.errors import ConfigError
 from datamodules.sequence import PromptBatch, SeqRecDataModule
 from lightning_modules.decoding import DecodingEngine
 from lightning_modules.evaluation import Evaluator
@@ -84,10 +85,18 @@ class PolicyModule(L.LightningModule):
         self.val_eval = Evaluator(data.num_items, self.ks, self.beam_width, self.val_unconstrained, mostpop=True)
         self.test_eval = Evaluator(data.num_items, self.ks, self.beam_width, self.test_unconstrained, mostpop=True)
 
+    #: the DataModule's ``train_mode`` this module trains on (None: any)
+    required_train_mode: str | None = None
+
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
         if not isinstance(dm, SeqRecDataModule):
             raise TypeError(f"{type(self).__name__} needs a SeqRecDataModule (got {type(dm).__name__})")
+        if stage == "fit" and self.required_train_mode and dm.train_mode != self.required_train_mode:
+            hint = "configs/data/*_rl.yaml" if self.required_train_mode == "prompts" else "configs/data/<name>.yaml"
+            raise ConfigError("data.init_args.train_mode",
+                              f"{type(self).__name__} trains on {self.required_train_mode!r} batches but the data "
+                              f"gives {dm.train_mode!r} (use a {hint} data config)")
         self.attach(dm)
 
     def configure_model(self) -> None:
@@ -201,8 +210,9 @@ def check_signature(saved: dict | None, current: dict, where: str) -> None:
     """Raise :class:`IncompatibleCheckpoint` unless a checkpoint's SID signature matches the data's."""
     if saved is None:
         raise IncompatibleCheckpoint(f"{where}: not an adagrpo checkpoint (no '{CKPT_KEY}' record of its semantic IDs)")
+    # The SID map identifies the data (a pretrained policy's tokenizer size is the model's business).
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs data {current[k]!r}"
-             for k in ("dataset", "num_items", "codebook_sizes", "vocab_size", "sid_fingerprint")
+             for k in ("dataset", "num_items", "codebook_sizes", "sid_fingerprint")
              if k in current and saved.get(k) != current[k]]
     if diffs:
         raise IncompatibleCheckpoint(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from datamodules.reward_data import RewardDataModule
+from lightning_modules.reward import auc
 
 
 def popularity_buckets(popularity: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -33,12 +34,6 @@ def popularity_buckets(popularity: torch.Tensor, buckets: int) -> torch.Tensor:
     bucket = torch.empty(len(popularity), dtype=torch.long)
     bucket[order] = (torch.arange(len(popularity)) * buckets) // len(popularity)
     return bucket
-
-
-def _auc_pairs(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    from lightning_modules.reward import auc
-
-    return auc(scores, labels)
 
 
 @torch.no_grad()
@@ -61,10 +56,10 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
         labels.append(batch.labels[valid])
         items.append(batch.items[valid])
     s, y, it = torch.cat(scores), torch.cat(labels), torch.cat(items)
-    out["auc/biased"] = _auc_pairs(s, y)
+    out["auc/biased"] = auc(s, y)
     for b in range(buckets):
         m = bucket[it] == b
-        out[f"auc/biased/bucket{b}"] = _auc_pairs(s[m], y[m])
+        out[f"auc/biased/bucket{b}"] = auc(s[m], y[m])
 
     # Test users: (user, test position, true item).
     targets = dm.split.test
@@ -105,10 +100,10 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
             labels.append(eb.labels.flatten())
             items.append(eb.items.flatten())
         s, y, it = torch.cat(scores), torch.cat(labels), torch.cat(items)
-        out["auc/unbiased"] = _auc_pairs(s, y)
+        out["auc/unbiased"] = auc(s, y)
         for b in range(buckets):
             m = bucket[it] == b
-            out[f"auc/unbiased/bucket{b}"] = _auc_pairs(s[m], y[m])
+            out[f"auc/unbiased/bucket{b}"] = auc(s[m], y[m])
 
     # 3. Discriminability of the true next item against N negatives.
     top = torch.topk(pop.double(), negatives + 1).indices  # the most popular items

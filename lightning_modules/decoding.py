@@ -261,6 +261,8 @@ class DecodingEngine:
             tokens[:, :, level] = ids[col]
             logprobs[:, :, level] = support_lp.reshape(b, -1, c)[rows, parent, col]
             state = self._advance(state, tokens[:, :, level], level)
+            # A padded (impossible) beam may point at a real code: it stays dead, never an item.
+            state = torch.where(torch.isfinite(scores), state, torch.full_like(state, -1))
 
         items = torch.where(state >= 0, self.trie.leaf_item[state.clamp_min(0)], torch.full_like(state, -1))
         valid = (items >= 0) & torch.isfinite(scores)

@@ -25,7 +25,7 @@ class Diagnostics:
     Reward side (valid negatives = valid candidates other than y*): ``rm_rank`` — 1 + the number of
     negatives scored above r*; ``rm_margin`` — r* minus the best negative's reward; ``rm_auc`` — the
     share of negatives scored below r* (ties count half); ``num_negatives``. With no valid negative,
-    margin and AUC are NaN and a threshold on them does not pass.
+    rank, margin and AUC are NaN and a threshold on them does not pass.
     """
 
     gt_rank: torch.Tensor
@@ -87,10 +87,11 @@ def compute_diagnostics(
     above = (cand_reward > gt_reward[:, None]) & neg
     below = (cand_reward < gt_reward[:, None]) & neg
     ties = (cand_reward == gt_reward[:, None]) & neg
-    rm_rank = 1 + above.sum(1)
+    rm_rank = 1 + above.sum(1).float()
     best_neg = torch.where(neg, cand_reward, torch.full_like(cand_reward, -math.inf)).max(1).values
     has = n_neg > 0
     nan = torch.full_like(gt_reward, math.nan)
+    rm_rank = torch.where(has, rm_rank, nan)
     rm_margin = torch.where(has, gt_reward - best_neg, nan)
     rm_auc = torch.where(has, (below.sum(1) + 0.5 * ties.sum(1)) / n_neg.clamp_min(1), nan)
     return Diagnostics(

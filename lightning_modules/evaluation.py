@@ -49,6 +49,7 @@ class Evaluator(nn.Module):
             self.p_rank = RankingMetrics(ks)
         self.true_utility = MeanValue()
         self.true_hit = MeanValue()
+        self.repeats = MeanValue()
 
     @torch.no_grad()
     def update(
@@ -77,9 +78,15 @@ class Evaluator(nn.Module):
         if self.mostpop:
             top = torch.topk(popularity.float(), self.beam_width).indices  # [W]
             self.p_rank.update(top.expand(len(batch), -1), batch.target)
+        top = ranked[:, : self.k]
+        in_history = (top[:, :, None] == batch.history[:, None, :]).any(-1) & (top >= 0)  # [B, k]
+        self.repeats.update(in_history.float().mean(1))
         if oracle is not None:
-            top = ranked[:, : self.k]
-            util = oracle.gather(1, top.clamp_min(0)).masked_fill(top < 0, float("nan"))  # [B, k]
+            util = oracle.gather(1, top.clamp_min(0))  # [B, k]; -inf for items the user already has
+            # An item the user already has is worth the least any item is worth to them; an invalid slot is skipped.
+            floor = oracle.masked_fill(~torch.isfinite(oracle), float("inf")).min(1, keepdim=True).values  # [B, 1]
+            util = torch.where(torch.isfinite(util), util, floor.expand_as(util))
+            util = util.masked_fill(top < 0, float("nan"))
             self.true_utility.update(util.nanmean(1))
             best = oracle.argmax(1)  # [B] the user's best unseen item
             self.true_hit.update((top == best[:, None]).any(1).float())
@@ -90,6 +97,7 @@ class Evaluator(nn.Module):
         out[f"{stage}/invalid_rate"] = self.invalid.compute()
         out[f"{stage}/coverage_{self.k}"] = self.coverage.compute()
         out[f"{stage}/mean_pop_{self.k}"] = self.popularity.compute()
+        out[f"{stage}/repeat_rate_{self.k}"] = self.repeats.compute()  # top-k items already in the (visible) history
         if self.unconstrained:
             out.update({f"{stage}/unconstrained/{n}": v for n, v in self.u_rank.compute().items()})
             out[f"{stage}/hallucination"] = self.u_invalid.compute()

@@ -49,12 +49,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Rollout:
-    """One rollout batch. ``tokens [B, G, L]``, ``items/valid/rewards/advantages [B, G]``,
+    """One rollout batch. ``tokens [B, G, L]``, ``items/valid/repeat/rewards/advantages [B, G]`` (``repeat``:
+    the item is already in the user's history),
     ``gt_reward/zero_std [B]``; ``hit_bonus [B, G]`` is the rule component included in ``rewards``."""
 
     tokens: torch.Tensor
     items: torch.Tensor
     valid: torch.Tensor
+    repeat: torch.Tensor
     rewards: torch.Tensor
     hit_bonus: torch.Tensor
     gt_reward: torch.Tensor
@@ -65,17 +67,19 @@ class Rollout:
 
 @dataclass
 class StepLosses:
-    """Per-sample losses ``[B]`` and the diagnostics of one pass."""
+    """Per-sample losses ``[B]`` of one pass (and, on the first pass, the diagnostics)."""
 
     nll: torch.Tensor
     grpo: torch.Tensor
     kl: torch.Tensor
     clip_frac: torch.Tensor
     ratio_mean: torch.Tensor
-    diagnostics: Diagnostics
+    diagnostics: Diagnostics | None  # computed on the first pass only
 
 
 class GRPOModule(PolicyModule):
+    required_train_mode = "prompts"
+
     """GRPO / AdaGRPO post-training of an SFT policy against a reward model.
 
     Args:
@@ -91,7 +95,8 @@ class GRPOModule(PolicyModule):
         temperature, top_k: sampling settings (``sample`` mode).
         beta: KL weight.
         epsilon_low, epsilon_high: PPO clip range ``[1 - ε_low, 1 + ε_high]``.
-        mu: optimisation passes per rollout batch.
+        mu: optimisation passes per rollout batch (``trainer.max_steps`` counts optimizer steps, so it is
+            ``max_steps / mu`` rollout batches).
         scale_rewards: advantage scaling: ``group`` std, ``batch`` std or ``none``.
         aggregation: ``sequence`` or ``token`` averaging of the per-token loss.
         invalid_penalty: reward of invalid candidates (None = group minimum valid reward − ``invalid_margin``).
@@ -99,6 +104,7 @@ class GRPOModule(PolicyModule):
         hit_bonus: added to the reward of a candidate equal to the ground truth (rule component).
         inject_gt: put the ground truth into any group that lacks it (replacing the last candidate).
         filter_zero_std: exclude groups whose rewards are all equal from the GRPO term.
+        penalize_repeats: candidates already in the user's history get the invalid-candidate reward.
         grad_clip: gradient-norm clipping (manual optimisation; do not set the trainer's gradient_clip_val).
         reference_sharding: under FSDP2, keep a full reference copy on every device (``replicate``) or shard
             it like the policy (``shard``: less memory, one all-gather per layer per reference forward).
@@ -131,6 +137,7 @@ class GRPOModule(PolicyModule):
         hit_bonus: float = 0.0,
         inject_gt: bool = False,
         filter_zero_std: bool = False,
+        penalize_repeats: bool = True,
         grad_clip: float | None = 1.0,
         reference_sharding: Literal["replicate", "shard"] = "replicate",
         reference: PolicySpec | None = None,
@@ -164,6 +171,10 @@ class GRPOModule(PolicyModule):
         object.__setattr__(self, "reward_model", reward)  # frozen, not a submodule: not in our checkpoints
         self.balancer = balancer or GatedBalance()
         self.module_gates = list(gates or [])
+        names = [g.name for g in self.module_gates]
+        for i, gate in enumerate(self.module_gates):  # two gates of one kind keep separate state and open rates
+            if names.count(gate.name) > 1:
+                gate.name = f"{gate.name}{names[:i].count(gate.name) + 1}"
         self.num_generations = num_generations
         self.rollout_config = DecodingConfig(rollout_mode, num_generations, constrained, temperature, top_k)
         self.beta = beta
@@ -177,6 +188,7 @@ class GRPOModule(PolicyModule):
         self.hit_bonus = hit_bonus
         self.inject_gt = inject_gt
         self.filter_zero_std = filter_zero_std
+        self.penalize_repeats = penalize_repeats
         self.grad_clip = grad_clip
         if reference_sharding not in ("replicate", "shard"):
             raise ConfigError("model.reference_sharding", f"must be replicate or shard, got {reference_sharding!r}")
@@ -190,19 +202,33 @@ class GRPOModule(PolicyModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        path = Path(self.init_from)
-        if not path.exists():
-            raise IncompatibleCheckpoint(f"SFT checkpoint not found: {path} (model.init_from)")
-        self._init_ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        info = self._init_ckpt.get(CKPT_KEY)
+        if self._evaluating_checkpoint():
+            # test/validate/predict of a GRPO checkpoint: its own record describes the policy and Lightning restores
+            # the weights; the SFT start, the reference and the reward model are not needed.
+            path, self._init_ckpt = Path(self.trainer.ckpt_path), None
+            info = torch.load(path, map_location="cpu", weights_only=False).get(CKPT_KEY)
+        else:
+            path = Path(self.init_from)
+            if not path.exists():
+                raise IncompatibleCheckpoint(f"SFT checkpoint not found: {path} (model.init_from)")
+            self._init_ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            info = self._init_ckpt.get(CKPT_KEY)
         check_signature(info, self.sid_signature(), str(path))
         if not self._explicit_policy and info.get("policy"):
             self.policy_spec = spec_from_description(info["policy"])
         super().configure_model()  # builds the policy, then on_policy_built, then shards under FSDP2
-        self._init_ckpt = None
-        self.reward_model.attach(self.data)  # fails here, before any rollout, if it does not fit the data
+        if self._init_ckpt is not None:
+            self._init_ckpt = None
+            self.reward_model.attach(self.data)  # fails here, before any rollout, if it does not fit the data
+
+    def _evaluating_checkpoint(self) -> bool:
+        if self._trainer is None or not self.trainer.ckpt_path:
+            return False
+        return self.trainer.state.fn in ("test", "validate", "predict")
 
     def on_policy_built(self) -> None:
+        if self._init_ckpt is None:  # evaluating a GRPO checkpoint: weights come from it
+            return
         path, ckpt = self.init_from, self._init_ckpt
         state = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
         try:
@@ -225,7 +251,7 @@ class GRPOModule(PolicyModule):
         object.__setattr__(self, "reference", reference)  # frozen, not a submodule: not in our checkpoints
 
     def on_policy_sharded(self, mesh) -> None:  # noqa: ANN001
-        if self.reference_sharding == "shard":
+        if self.reference is not None and self.reference_sharding == "shard":
             shard_model(self.reference, mesh)
 
     def run_label(self) -> str:
@@ -263,10 +289,15 @@ class GRPOModule(PolicyModule):
             valid[missing, -1] = True
         raw = self.reward_model.score(batch.history, items, batch.user)  # [B, G]
         hit = self.hit_bonus * (items == batch.target[:, None]).float()  # [B, G]
-        rewards = penalise_invalid(raw.float() + hit, valid, self.invalid_penalty, self.invalid_margin)
+        # Items the user already has: in the logs nobody re-consumes, and the reward model never scored an item
+        # against a history that holds it, so they are penalised like invalid SIDs.
+        repeat = (items[:, :, None] == batch.history[:, None, :]).any(-1) & (items >= 0)  # [B, G]
+        if not self.penalize_repeats:
+            repeat = torch.zeros_like(repeat)
+        rewards = penalise_invalid(raw.float() + hit, valid & ~repeat, self.invalid_penalty, self.invalid_margin)
         gt_reward = self.reward_model.score(batch.history, batch.target[:, None], batch.user)[:, 0].float()  # [B]
         advantages, zero_std = group_advantages(rewards, self.scale_rewards)
-        return Rollout(tokens, items, valid, rewards, hit, gt_reward, advantages, zero_std,
+        return Rollout(tokens, items, valid, repeat, rewards, hit, gt_reward, advantages, zero_std,
                        time.perf_counter() - start)
 
     # ------------------------------------------------------------------------------- losses
@@ -296,10 +327,13 @@ class GRPOModule(PolicyModule):
         kl = aggregate(terms.kl.detach(), mask, self.aggregation)
         clip = aggregate(terms.clipped.float(), mask, self.aggregation)
         ratio = aggregate(terms.ratio.detach(), mask, self.aggregation)
-        with torch.no_grad():
-            seq = logp.detach().sum(2)  # [B, G]
-            diag = compute_diagnostics(ro.items, ro.valid, seq, batch.target, gt_support[:, 0].detach().sum(1),
-                                       ro.rewards, ro.gt_reward)
+        diag = None
+        if old_logp is None:  # the rollout policy's diagnostics, both sides at temperature 1
+            with torch.no_grad():
+                cand = logp.detach() if temp == 1.0 else token_logprobs(
+                    logits[:, :g].detach(), ro.tokens, self.engine, constrained)
+                diag = compute_diagnostics(ro.items, ro.valid & ~ro.repeat, cand.sum(2), batch.target,
+                                           gt_support[:, 0].detach().sum(1), ro.rewards, ro.gt_reward)
         return StepLosses(nll, grpo, kl, clip, ratio, diag), logp.detach()
 
     @torch.no_grad()
@@ -374,6 +408,7 @@ class GRPOModule(PolicyModule):
             "rollout/invalid_rate": 1 - valid.mean(),
             "rollout/gt_in_group_rate": d.gt_in_group.float().mean(),
             "rollout/unique_rate": first_occurrence(ro.items).float().mean(),
+            "rollout/repeat_rate": ro.repeat.float().mean(),
             "perf/rollout_s": torch.tensor(ro.seconds),
             "perf/step_s": torch.tensor(seconds),
             "perf/samples_per_s": torch.tensor(b / max(seconds, 1e-9)),
@@ -387,8 +422,11 @@ class GRPOModule(PolicyModule):
         config = super().configure_optimizers()
         if isinstance(config, dict):
             sched = config["lr_scheduler"]["scheduler"]
-            if isinstance(sched, WarmupCosine) and getattr(sched, "total_steps_estimated", False):
-                sched.total_steps *= self.mu  # the estimate counts batches; we step once per optimisation pass
+            if (isinstance(sched, WarmupCosine) and getattr(sched, "total_steps_estimated", False)
+                    and self.trainer.max_steps in (None, -1)):
+                # An epoch-based estimate counts rollout batches; we step μ times per batch. (max_steps already
+                # counts optimizer steps: manual optimisation advances global_step at every opt.step().)
+                sched.total_steps *= self.mu
         return config
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

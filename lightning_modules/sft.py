@@ -23,6 +23,8 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class SFTModule(PolicyModule):
+    required_train_mode = "sft"
+
     """Trains the policy on history windows: every item after a window's first is a target, and the
     loss is the mean NLL over all their SID tokens. Evaluation (constrained beam search, plus
     unconstrained decoding for the hallucination rate) comes from :class:`PolicyModule`; arguments too."""

@@ -29,7 +29,7 @@ def coat_dm(coat_dir: Path) -> RewardDataModule:
         source=CoatSource(str(coat_dir)),
         sids=datamodules.RQKMeansSids(embeddings=datamodules.TextEmbeddings(dim=16), levels=3, codebook_size=8,
                                       iters=20),
-        exposure=CoatExposure(test_share=0.2),
+        exposure=CoatExposure(),
         split="ratio",
         max_history=24,
         use_cache=False,
@@ -52,15 +52,21 @@ def test_coat_source_sizes_and_ratings(coat_dir):
     assert (np.bincount(test[:, 0]) == 16).all()  # 16 randomly assigned ratings per user
     assert np.bincount(train[:, 2], minlength=6)[1:].tolist() == [1901, 1437, 1717, 1275, 630]
     assert np.bincount(test[:, 2], minlength=6)[1:].tolist() == [1879, 899, 1002, 641, 219]
-    # A user's sequence is their liked (>= 4) self-selected coats, or their best-rated one if none.
-    liked = {u: sorted(train[(train[:, 0] == u) & (train[:, 2] >= 4), 1].tolist()) for u in range(290)}
+    # A user's sequence is the liked (>= 4) coats of their *training* events (held-out ratings never enter a
+    # history), or their best-rated training coat if none.
+    split = src.event_split()
+    assert set(np.unique(split)) == {0, 1, 2} and 0.15 < (split == 2).mean() < 0.25
+    kept = train[split == 0]
+    liked = {u: sorted(kept[(kept[:, 0] == u) & (kept[:, 2] >= 4), 1].tolist()) for u in range(290)}
+    held_out_liked = train[(split != 0) & (train[:, 2] >= 4)]
     for u in range(290):
         seq = data.sequence(u).tolist()
+        assert not set(seq) & set(held_out_liked[held_out_liked[:, 0] == u, 1].tolist())
         if liked[u]:
             assert seq == liked[u]
         else:
             assert len(seq) == 1
-            rated = train[train[:, 0] == u]
+            rated = kept[kept[:, 0] == u]
             assert seq[0] in rated[rated[:, 2] == rated[:, 2].max(), 1].tolist()
     # Item text comes from the one-hot item features.
     assert all(data.catalog.text["title"])

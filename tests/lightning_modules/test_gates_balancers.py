@@ -209,14 +209,15 @@ def test_compute_diagnostics_by_hand():
     #   H = −0.197857 + (0.739232·0.5 + 2·0.100044·2.5 + 0.060680·3) = −0.197857 + 1.051876 = 0.854019.
     #   Reward: valid negatives 4 (0.4, a tie with r* = 0.4), 6 (0.6, above), 8 (0.3, below) → n = 3;
     #   rm_rank = 1 + 1 = 2 (a tie is not above); AUC = (1 + ½·1) / 3 = 0.5; margin = 0.4 − 0.6 = −0.2.
-    # Row 2: y* = 2 fills both valid slots, the rest invalid → no valid negative: margin, AUC NaN, rank 1.
+    # Row 2: y* = 2 fills both valid slots, the rest invalid → no valid negative: rank, margin, AUC all NaN.
     #   Policy side: no valid other item → gt_rank 1; the pool is {y*} alone → H = 0.
     close(d.gt_rank, [2, 4, 1])
     close(d.gt_prob, [math.exp(-2), math.exp(-3), math.exp(-1)])
     close(d.entropy, [0.832396, 0.854019, 0.0], atol=2e-6)
     assert d.gt_in_group.tolist() == [True, False, True]
     close(d.num_negatives, [2, 3, 0])
-    close(d.rm_rank, [2, 2, 1])
+    close(d.rm_rank[:2], [2, 2])
+    assert math.isnan(d.rm_rank[2])  # no negative: a rank threshold must not pass either
     close(d.rm_auc[:2], [0.5, 0.5])
     close(d.rm_margin[:2], [-0.05, -0.2])
     assert math.isnan(d.rm_auc[2]) and math.isnan(d.rm_margin[2])

@@ -349,8 +349,9 @@ class RecordingBalance(GatedBalance):
 
 @pytest.mark.parametrize("filter_zero_std", [False, True])
 def test_filter_zero_std(rl_dm, sft_ckpt, batch, filter_zero_std):
+    # Repeats off: a penalised repeat would give a constant-reward group some variance.
     g = make_grpo(rl_dm, sft_ckpt, reward=HalfConstantReward(), balancer=RecordingBalance(),
-                  filter_zero_std=filter_zero_std)
+                  filter_zero_std=filter_zero_std, penalize_repeats=False)
     ro = g.rollout(batch)
     even = batch.user % 2 == 0
     assert even.any() and (~even).any()
@@ -405,3 +406,21 @@ def test_fit_logs_design_metrics_and_trains_policy_only(rl_dm, sft_ckpt):
     assert changed, "no policy parameter changed"
     assert all(torch.equal(v, reference0[k]) for k, v in g.reference.state_dict().items())
     assert not any(p.requires_grad for p in g.reference.parameters())
+
+
+def test_repeated_items_get_the_invalid_penalty(rl_dm, sft_ckpt, batch):
+    # A candidate already in the user's history is penalised like an invalid SID (group min valid - margin).
+    g = make_grpo(rl_dm, sft_ckpt, reward=OracleReward(), invalid_penalty=-7.0, num_generations=8)
+    first = g.rollout(batch).items[:, 0]
+    batch = copy.copy(batch)
+    batch.history = batch.history.clone()
+    batch.history[:, 0] = first  # the same prompt decodes the same beams: candidate 0 is now a repeat
+    ro = g.rollout(batch)
+    assert ro.repeat[:, 0].all()
+    expected = (ro.items[:, :, None] == batch.history[:, None, :]).any(-1) & (ro.items >= 0)
+    assert torch.equal(ro.repeat, expected)
+    assert (ro.rewards[ro.repeat] == -7.0).all()
+    assert (ro.rewards[~ro.repeat & ro.valid] != -7.0).all()
+    off = make_grpo(rl_dm, sft_ckpt, reward=OracleReward(), invalid_penalty=-7.0, num_generations=8,
+                    penalize_repeats=False).rollout(batch)
+    assert not off.repeat.any()
