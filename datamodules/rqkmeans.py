@@ -113,6 +113,16 @@ def effective_codebook_sizes(num_items: int, levels: int, codebook_size: int, ca
     return [min(size, num_items)] * levels
 
 
+def as_code_table(codes: torch.Tensor, codebook_sizes: list[int]) -> torch.Tensor:
+    """``codes`` as a CPU long ``[N, L]`` tensor, checked to be non-empty with one codebook size per level."""
+    codes = torch.as_tensor(codes, dtype=torch.long).cpu()
+    if codes.ndim != 2 or codes.shape[0] == 0:
+        raise ValueError(f"codes must be a non-empty [N, L] tensor, got shape {tuple(codes.shape)}")
+    if len(codebook_sizes) != codes.shape[1]:
+        raise ValueError(f"{len(codebook_sizes)} codebook sizes for {codes.shape[1]} levels")
+    return codes
+
+
 def code_report(codes: torch.Tensor, codebook_sizes: list[int]) -> dict:
     """Quality of a code table ``codes [N, L]``.
 
@@ -120,12 +130,8 @@ def code_report(codes: torch.Tensor, codebook_sizes: list[int]) -> dict:
     size, and exp of the entropy in nats of the code-usage distribution), ``unique_tuples``,
     ``collision_rate`` (1 − unique tuples / N) and ``max_items_per_tuple``.
     """
-    codes = torch.as_tensor(codes, dtype=torch.long).cpu()
-    if codes.ndim != 2 or codes.shape[0] == 0:
-        raise ValueError(f"codes must be a non-empty [N, L] tensor, got shape {tuple(codes.shape)}")
+    codes = as_code_table(codes, codebook_sizes)
     n, depth = codes.shape
-    if len(codebook_sizes) != depth:
-        raise ValueError(f"{len(codebook_sizes)} codebook sizes for {depth} levels")
     utilisation, perplexity = [], []
     for level, size in enumerate(codebook_sizes):
         counts = torch.bincount(codes[:, level], minlength=int(size)).double()  # [K]

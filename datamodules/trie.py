@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from datamodules.rqkmeans import as_code_table
+
 
 class CatalogTrie:
     """Trie of ``codes [N, L]`` (item ``i`` has code tuple ``codes[i]``; tuples must be distinct).
@@ -22,12 +24,8 @@ class CatalogTrie:
     """
 
     def __init__(self, codes: torch.Tensor, codebook_sizes: list[int]) -> None:
-        codes = torch.as_tensor(codes, dtype=torch.long).cpu()
-        if codes.ndim != 2 or codes.shape[0] == 0:
-            raise ValueError(f"codes must be a non-empty [N, L] tensor, got shape {tuple(codes.shape)}")
+        codes = as_code_table(codes, codebook_sizes)
         n, depth = codes.shape
-        if len(codebook_sizes) != depth:
-            raise ValueError(f"{len(codebook_sizes)} codebook sizes for {depth} levels")
         sizes = torch.tensor(codebook_sizes, dtype=torch.long)
         if (codes < 0).any() or (codes >= sizes).any():
             raise ValueError("codes out of range of codebook_sizes")
