@@ -5,19 +5,12 @@
 # CPU sizes by default (policy_mini, a capped number of RL steps and test users); on a GPU pass
 #   POLICY=configs/model/policy_small.yaml TRAINER_OVERLAY=configs/trainer/gpu.yaml SFT_EPOCHS=30 RL_STEPS=600 \
 #   TEST_USERS=0
+# SFT_ONLY=1 stops after the SFT stage and its test.
 #
 #   ADAGRPO_DATA_ROOT=../shared/data bash benchmarks/real_study.sh beauty|industrial
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# fit_once RUN_NAME ARGS...: `adagrpo fit ARGS` unless runs/<experiment>/<RUN_NAME>/best.ckpt exists (FORCE=1 refits).
-fit_once() {
-    local run=$1; shift
-    if [ -z "${FORCE:-}" ] && [ -f "${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt" ]; then
-        echo "[$run] already fitted: ${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt (FORCE=1 to refit)"
-    else
-        python -m adagrpo fit "$@"
-    fi
-}
+source benchmarks/study_lib.sh
 DATASET=${1:?usage: real_study.sh beauty|industrial}
 EXP=$DATASET-study
 RUNS=${ADAGRPO_RUNS:-runs}
@@ -37,6 +30,7 @@ fit_once sft --config configs/experiments/sft.yaml "${TRAINER[@]}" --data "confi
     --data.init_args.max_eval_samples 2000
 python -m adagrpo test --config configs/experiments/sft.yaml "${TRAINER[@]}" --data "configs/data/$DATASET.yaml" \
     --model.init_args.policy "$POLICY" --experiment "$EXP" --run_name sft
+[ -n "${SFT_ONLY:-}" ] && exit 0
 
 # Reward model on simulated exposure, with its bias report.
 fit_once reward --config configs/experiments/reward.yaml "${TRAINER[@]}" \

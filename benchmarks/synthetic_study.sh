@@ -7,15 +7,7 @@
 #   bash benchmarks/synthetic_study.sh [seeds...]        # default seeds: 0 1 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# fit_once RUN_NAME ARGS...: `adagrpo fit ARGS` unless runs/<experiment>/<RUN_NAME>/best.ckpt exists (FORCE=1 refits).
-fit_once() {
-    local run=$1; shift
-    if [ -z "${FORCE:-}" ] && [ -f "${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt" ]; then
-        echo "[$run] already fitted: ${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt (FORCE=1 to refit)"
-    else
-        python -m adagrpo fit "$@"
-    fi
-}
+source benchmarks/study_lib.sh
 EXP=synthetic-study
 SEEDS=("${@:-0 1 2}")
 RUNS=${ADAGRPO_RUNS:-runs}
