@@ -49,6 +49,12 @@ for c in grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_
     python -m adagrpo test "${args[@]}" --checkpoint last
 done
 
+# SFT again on the RL runs' test users (same caps, so the same seeded subset), for a paired comparison.
+[ "$TEST_USERS" != 0 ] && python -m adagrpo test --config configs/experiments/sft.yaml "${TRAINER[@]}" \
+    --data "configs/data/$DATASET.yaml" --model.init_args.policy "$POLICY" --experiment "$EXP" \
+    --run_name "sft-${TEST_USERS}users" --ckpt_path "$RUNS/$EXP/sft/best.ckpt" \
+    --data.init_args.max_eval_samples 1000 "${CAP[@]}"
+
 python -m adagrpo compare --experiment "$EXP" --out "$RUNS/$EXP"
 python -m adagrpo analyze --data "configs/data/${DATASET}_rl.yaml" --sft "$ADAGRPO_SFT_CKPT" \
     --reward "$ADAGRPO_REWARD_CKPT" --policy grpo_fixed_1.0="$RUNS/$EXP/grpo_fixed_1.0/best.ckpt" \

@@ -13,10 +13,11 @@ SEEDS=("${@:-0 1 2}")
 RUNS=${ADAGRPO_RUNS:-runs}
 STEPS=${STUDY_STEPS:-150}
 
-# 1. SFT and the reward model (seed 0), evaluated like every other run.
+# 1. SFT and the reward model (seed 0), evaluated like every other run. The seeded test subset depends on both
+#    caps (validation is drawn first), so SFT is tested with the caps the RL runs use below.
 fit_once sft --config configs/experiments/sft.yaml --experiment $EXP --run_name sft
 python -m adagrpo test --config configs/experiments/sft.yaml --experiment $EXP --run_name sft \
-    --data.init_args.max_test_samples 2000
+    --data.init_args.max_eval_samples 500 --data.init_args.max_test_samples 2000  # the RL runs' caps: same test users
 fit_once reward --config configs/experiments/reward.yaml --experiment $EXP --run_name reward
 python -m adagrpo test --config configs/experiments/reward.yaml --experiment $EXP --run_name reward
 
