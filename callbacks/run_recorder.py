@@ -31,6 +31,20 @@ class RunRecorder(Callback):
         folder = self.record_dir or os.environ.get("ADAGRPO_RECORD_DIR") or trainer.default_root_dir
         return Path(folder) / "latest.json"
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Make ``last`` the final state. Since Lightning 2.6, ``ModelCheckpoint(save_last=True)`` writes
+        ``last.ckpt`` only at steps where it also saves a top-k checkpoint, so with ``save_top_k=1`` "last" is
+        the best checkpoint whenever the monitored metric stops improving. Called on every rank (a sharded
+        save is collective)."""
+        ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        if ckpt is None or not ckpt.save_last or trainer.fast_dev_run or ckpt.dirpath is None:
+            return
+        if ckpt.last_model_path and getattr(ckpt, "_last_global_step_saved", None) == trainer.global_step:
+            return  # a checkpoint (and so "last") was written at the final step already
+        path = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
+        ckpt.last_model_path = str(path)
+        trainer.save_checkpoint(str(path))
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         info = {
@@ -54,6 +68,7 @@ class RunRecorder(Callback):
                     lg.experiment.set_tag(lg.run_id, "checkpoint.best_score", str(info["best_score"]))
         if trainer.is_global_zero:
             record = self._record_path(trainer)
+            record.parent.mkdir(parents=True, exist_ok=True)
             # Stable copies next to the record, so later stages can name runs/<experiment>/best.ckpt.
             for key in ("best", "last"):
                 if info[key]:
