@@ -18,6 +18,7 @@ POLICY=${POLICY:-configs/model/policy_mini.yaml}
 SFT_EPOCHS=${SFT_EPOCHS:-20}
 RM_EPOCHS=${RM_EPOCHS:-3}
 RL_STEPS=${RL_STEPS:-150}
+RL_VAL_EVERY=${RL_VAL_EVERY:-50}   # validation (and best-checkpoint selection) every N RL steps
 TEST_USERS=${TEST_USERS:-4000}     # RL runs: a seeded subset of test users (0 = all); SFT is tested on all users
 TRAINER=()
 [ -n "${TRAINER_OVERLAY:-}" ] && TRAINER=(--config "$TRAINER_OVERLAY")
@@ -44,7 +45,8 @@ for c in grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_
          adagrpo_discriminability_only; do
     args=(--config "configs/experiments/$c.yaml" "${TRAINER[@]}" --data "configs/data/${DATASET}_rl.yaml"
           --experiment "$EXP" --run_name "$c" "${CAP[@]}")
-    fit_once "$c" "${args[@]}" --trainer.max_steps "$RL_STEPS" --data.init_args.max_eval_samples 1000
+    fit_once "$c" "${args[@]}" --trainer.max_steps "$RL_STEPS" --trainer.val_check_interval "$RL_VAL_EVERY" \
+        --data.init_args.max_eval_samples 1000
     python -m adagrpo test "${args[@]}"
     python -m adagrpo test "${args[@]}" --checkpoint last
 done
