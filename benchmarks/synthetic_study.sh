@@ -24,7 +24,7 @@ python -m adagrpo test --config configs/experiments/reward.yaml --experiment $EX
 # 2. RL variants x seeds from the same SFT start and reward model.
 export ADAGRPO_SFT_CKPT=$RUNS/$EXP/sft/best.ckpt ADAGRPO_REWARD_CKPT=$RUNS/$EXP/reward/best.ckpt
 CONFIGS=()
-for c in ${STUDY_CONFIGS:-grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_difficulty_only \
+for c in ${STUDY_CONFIGS:-continue_sft grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_difficulty_only \
          adagrpo_discriminability_only}; do CONFIGS+=(--config "configs/experiments/$c.yaml"); done
 python -m adagrpo ablate "${CONFIGS[@]}" --seeds ${SEEDS[@]} --experiment $EXP ${FORCE:+--force} \
     --trainer.max_steps "$STEPS" --data.init_args.max_eval_samples 500 --data.init_args.max_test_samples 2000
