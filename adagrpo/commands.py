@@ -119,13 +119,20 @@ def cmd_compare(argv: list[str]) -> int:
                         help="folder for compare.csv and frontier.png (default runs/<experiment>)")
     parser.add_argument("--metric", action="append", default=[], help="extra metric column (repeatable), e.g. "
                         "test/true/utility_10")
+    parser.add_argument("--paired", default=None, metavar="VARIANT",
+                        help="also print each variant's per-seed differences to this one (e.g. continue_sft, "
+                        "or sft: a single run without seed pairs with every run)")
+    parser.add_argument("--also-from", action="append", default=[], metavar="URI",
+                        help="another MLflow store whose runs of the experiment join the table (repeatable; e.g. "
+                        "studies run in parallel into separate SQLite files); the comparison is logged to the first")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the outputs as an MLflow run")
     args = parser.parse_args(argv)
     from adagrpo.compare import CompareError, run_compare
 
     try:
         table, csv_path, png = run_compare(args.experiment, args.tracking_uri, args.out, args.metric,
-                                           log_to_mlflow=not args.no_mlflow)
+                                           log_to_mlflow=not args.no_mlflow, paired_with=args.paired,
+                                           also_from=args.also_from)
     except CompareError as err:
         print(f"adagrpo compare: {err}", file=sys.stderr)
         return 1

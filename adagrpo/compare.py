@@ -3,7 +3,9 @@
 For each run: HR@K / NDCG@K and the unconstrained hallucination rate of the best checkpoint (``test/…``)
 and of the final one (``test_last/…``), the mean gate open rate and rollout reward over training, and
 the balancer/gates that label it. Runs named ``<variant>-s<seed>`` are grouped per variant (mean ± std); of
-several runs with one name, the latest counts.
+several runs with one name, the latest counts. With ``paired=<variant>`` a second table gives each variant's
+per-seed differences to that baseline (mean ± std over the seeds both ran): the seed moves every variant that
+shares a start together, so paired differences separate variants that the unpaired spread hides.
 Writes a CSV and a PNG of HR@10 against hallucination, and logs both to MLflow.
 """
 
@@ -39,39 +41,46 @@ class RunRow:
     variant: str
     label: str
     values: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
 
 
 def tracking_uri_default() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
 
 
-def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: list[str] | None = None) -> list[RunRow]:
-    """One row per finished policy run of ``experiment`` (runs without test metrics are skipped)."""
+def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: list[str] | None = None,
+            also_from: list[str] | None = None) -> list[RunRow]:
+    """One row per finished policy run of ``experiment`` (runs without test metrics are skipped), read from
+    ``tracking_uri`` and from the stores in ``also_from`` (e.g. studies run in parallel into separate SQLite
+    files); of runs with one name, the latest counts, whichever store holds it."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri or tracking_uri_default())
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise CompareError(f"no MLflow experiment named {experiment!r} in {tracking_uri or tracking_uri_default()} "
-                           f"(experiments there: {names or 'none'})")
-    runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
-    latest: dict[str, object] = {}
-    for run in runs:  # a rerun of a name (quickstart --force, a repeated ablation) replaces the older run
-        latest.setdefault(run.data.tags.get("mlflow.runName", run.info.run_id), run)
-    runs = list(latest.values())
-    if not runs:
+    found = []  # (start_time, client, run)
+    for uri in [tracking_uri or tracking_uri_default(), *(also_from or [])]:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise CompareError(f"no MLflow experiment named {experiment!r} in {uri} "
+                               f"(experiments there: {names or 'none'})")
+        runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
+        found += [(run.info.start_time or 0, client, run) for run in runs]
+    found.sort(key=lambda t: t[0], reverse=True)
+    latest: dict[str, tuple] = {}
+    for _, client, run in found:  # a rerun of a name (quickstart --force, a repeated ablation) replaces the older
+        latest.setdefault(run.data.tags.get("mlflow.runName", run.info.run_id), (client, run))
+    if not latest:
         raise CompareError(f"experiment {experiment!r} has no runs yet")
     keys = [k for _, k in COLUMNS] + list(extra_metrics or [])
     rows = []
-    for run in runs:
+    for client, run in latest.values():
         metrics = run.data.metrics
         if not any(k.startswith("test/hr_") or k.startswith("test_last/hr_") for k in metrics):
             continue  # not an evaluated policy run (e.g. the reward model, or a fit not yet tested)
         name = run.data.tags.get("mlflow.runName", run.info.run_id[:8])
         m = SEED_SUFFIX.match(name)
         row = RunRow(name=name, variant=m.group("variant") if m else name,
-                     label=run.data.tags.get("adagrpo.label", name))
+                     label=run.data.tags.get("adagrpo.label", name), seed=int(m.group("seed")) if m else None)
         for key in keys:
             if key in metrics:
                 row.values[key] = float(metrics[key])
@@ -81,7 +90,7 @@ def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: lis
                 row.values[key] = statistics.fmean(h.value for h in history)
         rows.append(row)
     if not rows:
-        raise CompareError(f"experiment {experiment!r} has {len(runs)} runs but none has test metrics; "
+        raise CompareError(f"experiment {experiment!r} has {len(latest)} runs but none has test metrics; "
                            "run `adagrpo test` on them first")
     for key in extra_metrics or []:
         if not any(key in r.values for r in rows):
@@ -108,14 +117,45 @@ def aggregate(rows: list[RunRow], keys: list[str]) -> list[dict]:
     return out
 
 
-def format_table(entries: list[dict], keys: list[tuple[str, str]]) -> str:
+def paired(rows: list[RunRow], baseline: str, keys: list[str]) -> list[dict]:
+    """Per-seed differences ``variant − baseline`` for every other variant: mean, std and the number of pairs
+    (``runs``) of each key. Runs pair by seed; a baseline of one run without a seed suffix (e.g. the SFT
+    checkpoint every RL run starts from) pairs with every run."""
+    base = [r for r in rows if r.variant == baseline]
+    if not base:
+        variants = sorted({r.variant for r in rows})
+        raise CompareError(f"--paired {baseline!r}: no such variant (variants: {variants})")
+    shared = base[0] if len(base) == 1 and base[0].seed is None else None
+    by_seed = {r.seed: r for r in base if r.seed is not None}
+    groups: dict[str, list[tuple[RunRow, RunRow]]] = {}
+    for r in rows:
+        if r.variant == baseline:
+            continue
+        partner = shared or by_seed.get(r.seed)
+        groups.setdefault(r.variant, [])
+        if partner is not None:
+            groups[r.variant].append((r, partner))
+    out = []
+    for variant, pairs in sorted(groups.items()):
+        entry: dict = {"variant": variant, "label": pairs[0][0].label if pairs else variant, "runs": len(pairs)}
+        for key in keys:
+            diffs = [a.values[key] - b.values[key] for a, b in pairs
+                     if math.isfinite(a.values.get(key, math.nan)) and math.isfinite(b.values.get(key, math.nan))]
+            entry[key] = statistics.fmean(diffs) if diffs else math.nan
+            entry[f"{key}:std"] = statistics.stdev(diffs) if len(diffs) > 1 else (0.0 if diffs else math.nan)
+        out.append(entry)
+    return out
+
+
+def format_table(entries: list[dict], keys: list[tuple[str, str]], signed: bool = False) -> str:
     def cell(e: dict, key: str) -> str:
         v, s = e.get(key, math.nan), e.get(f"{key}:std", math.nan)
         if not math.isfinite(v):
             return "-"
-        return f"{v:.4f}±{s:.4f}" if e["runs"] > 1 else f"{v:.4f}"
+        sign = "+" if signed and v >= 0 else ""
+        return f"{sign}{v:.4f}±{s:.4f}" if e["runs"] > 1 else f"{sign}{v:.4f}"
 
-    header = ["variant", "runs"] + [title for title, _ in keys]
+    header = ["variant", "pairs" if signed else "runs"] + [title for title, _ in keys]
     body = [[e["variant"], str(e["runs"])] + [cell(e, k) for _, k in keys] for e in entries]
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
@@ -166,13 +206,21 @@ def plot_frontier(entries: list[dict], path: Path, title: str) -> Path:
 
 
 def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str | None = None,
-                metrics: list[str] | None = None, log_to_mlflow: bool = True) -> tuple[str, Path, Path]:
-    rows = collect(experiment, tracking_uri, metrics)
+                metrics: list[str] | None = None, log_to_mlflow: bool = True,
+                paired_with: str | None = None, also_from: list[str] | None = None) -> tuple[str, Path, Path]:
+    rows = collect(experiment, tracking_uri, metrics, also_from)
     keys = COLUMNS + HISTORY_COLUMNS + [(m, m) for m in metrics or []]
     entries = aggregate(rows, [k for _, k in keys])
     table = format_table(entries, keys)
+    diff_keys = COLUMNS + [(m, m) for m in metrics or []]
+    diffs = paired(rows, paired_with, [k for _, k in diff_keys]) if paired_with is not None else None  # may raise
     out = Path(out_dir) if out_dir else Path(os.environ.get("ADAGRPO_RUNS", "runs")) / experiment
-    csv_path = write_csv(entries, keys, out / "compare.csv")
+    outputs = [write_csv(entries, keys, out / "compare.csv")]
+    if diffs is not None:
+        table += (f"\n\npaired with {paired_with}: per-seed differences (variant − {paired_with}), mean ± std over "
+                  f"pairs\n" + format_table(diffs, diff_keys, signed=True))
+        outputs.append(write_csv(diffs, diff_keys, out / f"compare_paired_{paired_with}.csv"))
+    csv_path = outputs[0]
     png_path = plot_frontier(entries, out / "frontier.png", f"retrieval–validity frontier: {experiment}")
     if log_to_mlflow:
         import mlflow
@@ -180,7 +228,7 @@ def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str |
         mlflow.set_tracking_uri(tracking_uri or tracking_uri_default())
         mlflow.set_experiment(experiment)
         with mlflow.start_run(run_name="compare"):
-            mlflow.log_artifact(str(csv_path))
-            mlflow.log_artifact(str(png_path))
+            for path in [*outputs, png_path]:
+                mlflow.log_artifact(str(path))
             mlflow.set_tag("adagrpo.kind", "comparison")
     return table, csv_path, png_path

@@ -1,0 +1,105 @@
+"""`adagrpo compare`: paired per-seed differences and runs read from several MLflow stores, on small
+hand-made stores (no training)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from adagrpo.cli import main
+from adagrpo.compare import CompareError, RunRow, collect, paired
+
+EXP = "study"
+
+
+def make_store(path, runs: dict[str, dict[str, float]]) -> str:
+    """A SQLite MLflow store with experiment ``study`` holding ``runs`` (name → metrics), logged in order."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{path}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(EXP)
+    for name, metrics in runs.items():
+        run = client.create_run(exp_id, run_name=name)
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id)
+    return uri
+
+
+def row(variant: str, seed: int | None, **values: float) -> RunRow:
+    name = variant if seed is None else f"{variant}-s{seed}"
+    return RunRow(name=name, variant=variant, label=variant, seed=seed,
+                  values={k.replace("__", "/"): v for k, v in values.items()})
+
+
+def test_paired_differences_by_seed():
+    rows = [row("base", 0, test__hr_10=0.50), row("base", 1, test__hr_10=0.60), row("base", 2, test__hr_10=0.70),
+            row("ada", 0, test__hr_10=0.52), row("ada", 1, test__hr_10=0.63), row("ada", 2, test__hr_10=0.71),
+            row("lone", 7, test__hr_10=0.90)]  # seed 7 has no baseline run: no pair
+    out = {e["variant"]: e for e in paired(rows, "base", ["test/hr_10"])}
+    assert set(out) == {"ada", "lone"}
+    # differences 0.02, 0.03, 0.01: mean 0.02, sample std 0.01
+    assert out["ada"]["runs"] == 3
+    assert out["ada"]["test/hr_10"] == pytest.approx(0.02)
+    assert out["ada"]["test/hr_10:std"] == pytest.approx(0.01)
+    assert out["lone"]["runs"] == 0 and math.isnan(out["lone"]["test/hr_10"])
+
+
+def test_paired_with_a_single_unseeded_baseline_pairs_every_run():
+    rows = [row("sft", None, test__hr_10=0.40), row("ada", 0, test__hr_10=0.45), row("ada", 1, test__hr_10=0.35),
+            row("ada", 2, test__hr_10=0.43)]
+    out = paired(rows, "sft", ["test/hr_10", "test_last/hr_10"])
+    assert len(out) == 1 and out[0]["runs"] == 3
+    assert out[0]["test/hr_10"] == pytest.approx((0.05 - 0.05 + 0.03) / 3)
+    assert math.isnan(out[0]["test_last/hr_10"])  # a metric the baseline lacks gives no difference
+
+
+def test_paired_unknown_baseline_names_the_variants():
+    with pytest.raises(CompareError, match=r"'nope'.*\['ada', 'sft'\]"):
+        paired([row("sft", None, test__hr_10=0.4), row("ada", 0, test__hr_10=0.5)], "nope", ["test/hr_10"])
+
+
+def test_collect_merges_stores_and_the_latest_run_of_a_name_wins(tmp_path):
+    first = make_store(tmp_path / "a.db", {"sft": {"test/hr_10": 0.30}, "ada-s0": {"test/hr_10": 0.10}})
+    second = make_store(tmp_path / "b.db", {"ada-s0": {"test/hr_10": 0.35}, "ada-s1": {"test/hr_10": 0.33},
+                                            "reward": {"val/auc": 0.7}})
+    rows = {r.name: r for r in collect(EXP, first, also_from=[second])}
+    assert set(rows) == {"sft", "ada-s0", "ada-s1"}  # the reward model has no test metrics
+    assert rows["ada-s0"].values["test/hr_10"] == 0.35  # the rerun in the second store is newer
+    assert rows["ada-s1"].seed == 1 and rows["sft"].seed is None
+
+
+def test_collect_names_the_store_that_lacks_the_experiment(tmp_path):
+    first = make_store(tmp_path / "a.db", {"sft": {"test/hr_10": 0.30}})
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(CompareError, match=f"no MLflow experiment named 'study' in {empty}"):
+        collect(EXP, first, also_from=[empty])
+
+
+def test_cli_prints_and_writes_the_paired_table(tmp_path, capsys):
+    first = make_store(tmp_path / "a.db", {"base-s0": {"test/hr_10": 0.50}, "base-s1": {"test/hr_10": 0.60}})
+    second = make_store(tmp_path / "b.db", {"ada-s0": {"test/hr_10": 0.52}, "ada-s1": {"test/hr_10": 0.64}})
+    rc = main(["compare", "--experiment", EXP, "--tracking-uri", first, "--also-from", second, "--paired", "base",
+               "--out", str(tmp_path / "out"), "--no-mlflow"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    section = out.split("paired with base", 1)[1]
+    ada = next(line for line in section.splitlines() if line.startswith("ada"))
+    assert ada.split()[1] == "2" and ada.split()[2] == "+0.0300±0.0141"  # differences 0.02 and 0.04
+    with (tmp_path / "out" / "compare_paired_base.csv").open() as fh:
+        records = list(csv.DictReader(fh))
+    assert [r["variant"] for r in records] == ["ada"]
+    assert records[0]["runs"] == "2" and float(records[0]["test/hr_10"]) == pytest.approx(0.03)
+
+
+def test_cli_unknown_paired_variant_fails_cleanly(tmp_path, capsys):
+    first = make_store(tmp_path / "a.db", {"sft": {"test/hr_10": 0.30}})
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--experiment", EXP, "--tracking-uri", first, "--paired", "missing",
+              "--out", str(tmp_path / "out"), "--no-mlflow"])
+    assert exit_.value.code == 1
+    assert "--paired 'missing': no such variant (variants: ['sft'])" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written before the error
