@@ -130,14 +130,17 @@ def cmd_compare(argv: list[str]) -> int:
     from adagrpo.compare import CompareError, run_compare
 
     try:
-        table, csv_path, png = run_compare(args.experiment, args.tracking_uri, args.out, args.metric,
+        table, csv_paths, png = run_compare(args.experiment, args.tracking_uri, args.out, args.metric,
                                            log_to_mlflow=not args.no_mlflow, paired_with=args.paired,
                                            also_from=args.also_from)
     except CompareError as err:
         print(f"adagrpo compare: {err}", file=sys.stderr)
         return 1
     print(table)
-    print(f"\ncsv:   {csv_path}\nplot:  {png}")
+    print("")
+    for path in csv_paths:
+        print(f"csv:   {path}")
+    print(f"plot:  {png}")
     return 0
 
 

@@ -6,7 +6,7 @@ the balancer/gates that label it. Runs named ``<variant>-s<seed>`` are grouped p
 several runs with one name, the latest counts. With ``paired=<variant>`` a second table gives each variant's
 per-seed differences to that baseline (mean ± std over the seeds both ran): the seed moves every variant that
 shares a start together, so paired differences separate variants that the unpaired spread hides.
-Writes a CSV and a PNG of HR@10 against hallucination, and logs both to MLflow.
+Writes CSVs (the table; the paired table) and a PNG of HR@10 against hallucination, and logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -55,8 +55,12 @@ def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: lis
     files); of runs with one name, the latest counts, whichever store holds it."""
     from mlflow.tracking import MlflowClient
 
+    uris = [tracking_uri or tracking_uri_default(), *(also_from or [])]
+    for uri in uris:  # MLflow would create a missing SQLite file: refuse before anything is written
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise CompareError(f"no MLflow store at {uri} (no such file)")
     found = []  # (start_time, client, run)
-    for uri in [tracking_uri or tracking_uri_default(), *(also_from or [])]:
+    for uri in uris:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -111,6 +115,7 @@ def aggregate(rows: list[RunRow], keys: list[str]) -> list[dict]:
             vals = [r.values[key] for r in members if key in r.values and math.isfinite(r.values[key])]
             entry[key] = statistics.fmean(vals) if vals else math.nan
             entry[f"{key}:std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else math.nan)
+            entry[f"{key}:n"] = len(vals)
         out.append(entry)
     order = {"sft": 0}
     out.sort(key=lambda e: (order.get(e["variant"], 1), e["variant"]))
@@ -119,13 +124,18 @@ def aggregate(rows: list[RunRow], keys: list[str]) -> list[dict]:
 
 def paired(rows: list[RunRow], baseline: str, keys: list[str]) -> list[dict]:
     """Per-seed differences ``variant − baseline`` for every other variant: mean, std and the number of pairs
-    (``runs``) of each key. Runs pair by seed; a baseline of one run without a seed suffix (e.g. the SFT
-    checkpoint every RL run starts from) pairs with every run."""
+    (``runs``; ``<key>:n`` where a metric is missing from some pairs) of each key. Runs pair by seed; a baseline of
+    one run without a seed suffix (e.g. the SFT checkpoint every RL run starts from) pairs with every run. A
+    baseline mixing seeded and unseeded runs is refused (which one would pair is ambiguous)."""
     base = [r for r in rows if r.variant == baseline]
     if not base:
         variants = sorted({r.variant for r in rows})
         raise CompareError(f"--paired {baseline!r}: no such variant (variants: {variants})")
-    shared = base[0] if len(base) == 1 and base[0].seed is None else None
+    unseeded = [r.name for r in base if r.seed is None]
+    if unseeded and len(base) > 1:
+        raise CompareError(f"--paired {baseline!r}: its runs {sorted(r.name for r in base)} mix seeded and unseeded "
+                           f"names; pair with a variant whose runs are all <variant>-s<seed>, or with a single run")
+    shared = base[0] if unseeded else None
     by_seed = {r.seed: r for r in base if r.seed is not None}
     groups: dict[str, list[tuple[RunRow, RunRow]]] = {}
     for r in rows:
@@ -143,6 +153,7 @@ def paired(rows: list[RunRow], baseline: str, keys: list[str]) -> list[dict]:
                      if math.isfinite(a.values.get(key, math.nan)) and math.isfinite(b.values.get(key, math.nan))]
             entry[key] = statistics.fmean(diffs) if diffs else math.nan
             entry[f"{key}:std"] = statistics.stdev(diffs) if len(diffs) > 1 else (0.0 if diffs else math.nan)
+            entry[f"{key}:n"] = len(diffs)
         out.append(entry)
     return out
 
@@ -153,7 +164,7 @@ def format_table(entries: list[dict], keys: list[tuple[str, str]], signed: bool 
         if not math.isfinite(v):
             return "-"
         sign = "+" if signed and v >= 0 else ""
-        return f"{sign}{v:.4f}±{s:.4f}" if e["runs"] > 1 else f"{sign}{v:.4f}"
+        return f"{sign}{v:.4f}±{s:.4f}" if e.get(f"{key}:n", e["runs"]) > 1 else f"{sign}{v:.4f}"
 
     header = ["variant", "pairs" if signed else "runs"] + [title for title, _ in keys]
     body = [[e["variant"], str(e["runs"])] + [cell(e, k) for _, k in keys] for e in entries]
@@ -163,11 +174,11 @@ def format_table(entries: list[dict], keys: list[tuple[str, str]], signed: bool 
     return "\n".join(lines)
 
 
-def write_csv(entries: list[dict], keys: list[tuple[str, str]], path: Path) -> Path:
+def write_csv(entries: list[dict], keys: list[tuple[str, str]], path: Path, count: str = "runs") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["variant", "label", "runs"] + [k for _, k in keys] + [f"{k}:std" for _, k in keys])
+        w.writerow(["variant", "label", count] + [k for _, k in keys] + [f"{k}:std" for _, k in keys])
         for e in entries:
             w.writerow([e["variant"], e["label"], e["runs"]] + [e.get(k) for _, k in keys]
                        + [e.get(f"{k}:std") for _, k in keys])
@@ -207,7 +218,9 @@ def plot_frontier(entries: list[dict], path: Path, title: str) -> Path:
 
 def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str | None = None,
                 metrics: list[str] | None = None, log_to_mlflow: bool = True,
-                paired_with: str | None = None, also_from: list[str] | None = None) -> tuple[str, Path, Path]:
+                paired_with: str | None = None, also_from: list[str] | None = None) -> tuple[str, list[Path], Path]:
+    """The printed table(s), the CSVs written (``compare.csv``, then ``compare_paired_<variant>.csv``) and the
+    frontier plot."""
     rows = collect(experiment, tracking_uri, metrics, also_from)
     keys = COLUMNS + HISTORY_COLUMNS + [(m, m) for m in metrics or []]
     entries = aggregate(rows, [k for _, k in keys])
@@ -217,10 +230,13 @@ def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str |
     out = Path(out_dir) if out_dir else Path(os.environ.get("ADAGRPO_RUNS", "runs")) / experiment
     outputs = [write_csv(entries, keys, out / "compare.csv")]
     if diffs is not None:
+        unpaired = sorted(e["variant"] for e in diffs if e["runs"] == 0)
+        diffs = [e for e in diffs if e["runs"] > 0]
         table += (f"\n\npaired with {paired_with}: per-seed differences (variant − {paired_with}), mean ± std over "
                   f"pairs\n" + format_table(diffs, diff_keys, signed=True))
-        outputs.append(write_csv(diffs, diff_keys, out / f"compare_paired_{paired_with}.csv"))
-    csv_path = outputs[0]
+        if unpaired:
+            table += f"\nno run shares a seed with {paired_with}: {', '.join(unpaired)}"
+        outputs.append(write_csv(diffs, diff_keys, out / f"compare_paired_{paired_with}.csv", count="pairs"))
     png_path = plot_frontier(entries, out / "frontier.png", f"retrieval–validity frontier: {experiment}")
     if log_to_mlflow:
         import mlflow
@@ -231,4 +247,4 @@ def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str |
             for path in [*outputs, png_path]:
                 mlflow.log_artifact(str(path))
             mlflow.set_tag("adagrpo.kind", "comparison")
-    return table, csv_path, png_path
+    return table, outputs, png_path

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+import time
 
 import pytest
 
@@ -14,13 +16,13 @@ from adagrpo.compare import CompareError, RunRow, collect, paired
 EXP = "study"
 
 
-def make_store(path, runs: dict[str, dict[str, float]]) -> str:
-    """A SQLite MLflow store with experiment ``study`` holding ``runs`` (name → metrics), logged in order."""
+def make_store(path, runs: dict[str, dict[str, float]], experiment: str = EXP) -> str:
+    """A SQLite MLflow store with ``experiment`` holding ``runs`` (name → metrics), logged in order."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{path}"
     client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment(EXP)
+    exp_id = client.create_experiment(experiment)
     for name, metrics in runs.items():
         run = client.create_run(exp_id, run_name=name)
         for key, value in metrics.items():
@@ -63,25 +65,52 @@ def test_paired_unknown_baseline_names_the_variants():
 
 
 def test_collect_merges_stores_and_the_latest_run_of_a_name_wins(tmp_path):
-    first = make_store(tmp_path / "a.db", {"sft": {"test/hr_10": 0.30}, "ada-s0": {"test/hr_10": 0.10}})
-    second = make_store(tmp_path / "b.db", {"ada-s0": {"test/hr_10": 0.35}, "ada-s1": {"test/hr_10": 0.33},
-                                            "reward": {"val/auc": 0.7}})
-    rows = {r.name: r for r in collect(EXP, first, also_from=[second])}
-    assert set(rows) == {"sft", "ada-s0", "ada-s1"}  # the reward model has no test metrics
-    assert rows["ada-s0"].values["test/hr_10"] == 0.35  # the rerun in the second store is newer
-    assert rows["ada-s1"].seed == 1 and rows["sft"].seed is None
+    older = make_store(tmp_path / "older.db", {"ada-s0": {"test/hr_10": 0.10}, "ada-s1": {"test/hr_10": 0.33},
+                                               "reward": {"val/auc": 0.7}})
+    time.sleep(0.01)  # MLflow start times are in milliseconds
+    newer = make_store(tmp_path / "newer.db", {"sft": {"test/hr_10": 0.30}, "ada-s0": {"test/hr_10": 0.35}})
+    for primary, extra in ((older, newer), (newer, older)):  # by start time, not by the order of the stores
+        rows = {r.name: r for r in collect(EXP, primary, also_from=[extra])}
+        assert set(rows) == {"sft", "ada-s0", "ada-s1"}  # the reward model has no test metrics
+        assert rows["ada-s0"].values["test/hr_10"] == 0.35
+        assert rows["ada-s1"].seed == 1 and rows["sft"].seed is None
 
 
 def test_collect_names_the_store_that_lacks_the_experiment(tmp_path):
     first = make_store(tmp_path / "a.db", {"sft": {"test/hr_10": 0.30}})
-    empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    with pytest.raises(CompareError, match=f"no MLflow experiment named 'study' in {empty}"):
-        collect(EXP, first, also_from=[empty])
+    other = make_store(tmp_path / "other.db", {"sft": {"test/hr_10": 0.30}}, experiment="another")
+    with pytest.raises(CompareError, match=f"no MLflow experiment named 'study' in {re.escape(other)}.*another"):
+        collect(EXP, first, also_from=[other])
+
+
+def test_collect_refuses_a_missing_sqlite_store_without_creating_it(tmp_path):
+    first = make_store(tmp_path / "a.db", {"sft": {"test/hr_10": 0.30}})
+    typo = f"sqlite:///{tmp_path / 'typo.db'}"
+    with pytest.raises(CompareError, match=f"no MLflow store at {re.escape(typo)}"):
+        collect(EXP, first, also_from=[typo])
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_paired_refuses_a_baseline_mixing_seeded_and_unseeded_runs():
+    rows = [row("base", None, test__hr_10=0.5), row("base", 0, test__hr_10=0.5), row("ada", 0, test__hr_10=0.6)]
+    with pytest.raises(CompareError, match="mix seeded and unseeded"):
+        paired(rows, "base", ["test/hr_10"])
+
+
+def test_paired_counts_only_pairs_where_the_metric_exists():
+    rows = [row("base", 0, test__hr_10=0.5), row("base", 1, test__hr_10=0.5),
+            row("ada", 0, test__hr_10=0.6, test_last__hr_10=0.7), row("ada", 1, test__hr_10=0.4)]
+    rows[0].values["test_last/hr_10"] = 0.55  # only seed 0 has a final-checkpoint metric on both sides
+    (out,) = paired(rows, "base", ["test/hr_10", "test_last/hr_10"])
+    assert out["runs"] == 2 and out["test/hr_10:n"] == 2 and out["test_last/hr_10:n"] == 1
+    assert out["test_last/hr_10"] == pytest.approx(0.15)
 
 
 def test_cli_prints_and_writes_the_paired_table(tmp_path, capsys):
-    first = make_store(tmp_path / "a.db", {"base-s0": {"test/hr_10": 0.50}, "base-s1": {"test/hr_10": 0.60}})
-    second = make_store(tmp_path / "b.db", {"ada-s0": {"test/hr_10": 0.52}, "ada-s1": {"test/hr_10": 0.64}})
+    first = make_store(tmp_path / "a.db", {"base-s0": {"test/hr_10": 0.50}, "base-s1": {"test/hr_10": 0.60},
+                                           "sft": {"test/hr_10": 0.55}})
+    second = make_store(tmp_path / "b.db", {"ada-s0": {"test/hr_10": 0.52}, "ada-s1": {"test/hr_10": 0.64},
+                                            "bad-s1": {"test/hr_10": 0.45}})
     rc = main(["compare", "--experiment", EXP, "--tracking-uri", first, "--also-from", second, "--paired", "base",
                "--out", str(tmp_path / "out"), "--no-mlflow"])
     out = capsys.readouterr().out
@@ -89,10 +118,14 @@ def test_cli_prints_and_writes_the_paired_table(tmp_path, capsys):
     section = out.split("paired with base", 1)[1]
     ada = next(line for line in section.splitlines() if line.startswith("ada"))
     assert ada.split()[1] == "2" and ada.split()[2] == "+0.0300±0.0141"  # differences 0.02 and 0.04
+    bad = next(line for line in section.splitlines() if line.startswith("bad"))
+    assert bad.split()[1:3] == ["1", "-0.1500"]  # one pair: no ± ; negative differences keep their sign
+    assert "no run shares a seed with base: sft" in section
+    assert f"csv:   {tmp_path / 'out' / 'compare_paired_base.csv'}" in out
     with (tmp_path / "out" / "compare_paired_base.csv").open() as fh:
         records = list(csv.DictReader(fh))
-    assert [r["variant"] for r in records] == ["ada"]
-    assert records[0]["runs"] == "2" and float(records[0]["test/hr_10"]) == pytest.approx(0.03)
+    assert [r["variant"] for r in records] == ["ada", "bad"]
+    assert records[0]["pairs"] == "2" and float(records[0]["test/hr_10"]) == pytest.approx(0.03)
 
 
 def test_cli_unknown_paired_variant_fails_cleanly(tmp_path, capsys):

@@ -202,6 +202,16 @@ def test_rl_config_end_to_end(cli_world, name):
     for m in expected:
         assert math.isfinite(metrics[m]), (m, metrics[m])
     assert metrics["rollout/invalid_rate"] == 0.0  # constrained rollouts
+    # The variants do what their names say.
+    label = run.data.tags.get("adagrpo.label", "")
+    if name == "continue_sft":
+        assert metrics["gate/rl_weight"] == 0.0 and label.startswith("fixed(nll=1,rl=0)"), (metrics, label)
+    if name == "adagrpo_admitted":
+        assert label.startswith("gated(admitted)"), label
+    if name == "adagrpo":
+        assert label.startswith("gated(batch)"), label
+    if name == "adagrpo_inject_gt":
+        assert metrics["rollout/gt_in_group_rate"] == 1.0
     for prefix in ("test", "test_last"):
         assert f"{prefix}/hr_10" in metrics, (prefix, sorted(metrics))
         assert 0.0 <= metrics[f"{prefix}/hr_10"] <= 1.0
