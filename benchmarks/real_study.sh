@@ -39,9 +39,9 @@ fit_once reward --config configs/experiments/reward.yaml "${TRAINER[@]}" \
 python -m adagrpo test --config configs/experiments/reward.yaml "${TRAINER[@]}" \
     --data "configs/data/${DATASET}_reward.yaml" --experiment "$EXP" --run_name reward
 
-# RL variants from the same start.
+# RL variants from the same start (continue_sft: the NLL-only control under the same schedule).
 export ADAGRPO_SFT_CKPT=$RUNS/$EXP/sft/best.ckpt ADAGRPO_REWARD_CKPT=$RUNS/$EXP/reward/best.ckpt
-for c in grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_difficulty_only \
+for c in continue_sft grpo_fixed_0.1 grpo_fixed_0.3 grpo_fixed_1.0 pure_grpo adagrpo adagrpo_difficulty_only \
          adagrpo_discriminability_only; do
     args=(--config "configs/experiments/$c.yaml" "${TRAINER[@]}" --data "configs/data/${DATASET}_rl.yaml"
           --experiment "$EXP" --run_name "$c" "${CAP[@]}")
