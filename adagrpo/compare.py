@@ -43,6 +43,13 @@ class RunRow:
     values: dict[str, float] = field(default_factory=dict)
     seed: int | None = None
 
+    @classmethod
+    def named(cls, name: str, label: str, values: dict[str, float] | None = None) -> RunRow:
+        """A row whose variant and seed come from a ``<variant>-s<seed>`` name (an unseeded name is its variant)."""
+        m = SEED_SUFFIX.match(name)
+        return cls(name=name, variant=m.group("variant") if m else name, label=label, values=dict(values or {}),
+                   seed=int(m.group("seed")) if m else None)
+
 
 def tracking_uri_default() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
@@ -82,9 +89,7 @@ def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: lis
         if not any(k.startswith("test/hr_") or k.startswith("test_last/hr_") for k in metrics):
             continue  # not an evaluated policy run (e.g. the reward model, or a fit not yet tested)
         name = run.data.tags.get("mlflow.runName", run.info.run_id[:8])
-        m = SEED_SUFFIX.match(name)
-        row = RunRow(name=name, variant=m.group("variant") if m else name,
-                     label=run.data.tags.get("adagrpo.label", name), seed=int(m.group("seed")) if m else None)
+        row = RunRow.named(name, label=run.data.tags.get("adagrpo.label", name))
         for key in keys:
             if key in metrics:
                 row.values[key] = float(metrics[key])

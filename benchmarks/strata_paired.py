@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from adagrpo.compare import SEED_SUFFIX, CompareError, RunRow, format_table, paired
+from adagrpo.compare import CompareError, RunRow, format_table, paired
 
 NON_POLICY = ("stratum", "users")
 
@@ -42,11 +42,7 @@ def load_rows(paths: list[Path]) -> tuple[list[RunRow], list[tuple[str, int]]]:
             if name in columns and columns[name] != values:
                 raise CompareError(f"{path}: policy {name!r} also appears in an earlier file with other values")
             columns[name] = values
-    rows = []
-    for name, values in columns.items():
-        m = SEED_SUFFIX.match(name)
-        rows.append(RunRow(name=name, variant=m.group("variant") if m else name, label=name, values=values,
-                           seed=int(m.group("seed")) if m else None))
+    rows = [RunRow.named(name, label=name, values=values) for name, values in columns.items()]
     return rows, strata or []
 
 
