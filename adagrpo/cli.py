@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"adagrpo {__version__}")
         return 0
+    from adagrpo.resources import resolve_config_args
+
+    argv = [argv[0], *resolve_config_args(argv[1:])]
     if argv[0] in LIGHTNING_SUBCOMMANDS:
         from adagrpo.lightning_cli import run_lightning_cli
 

@@ -19,7 +19,7 @@ def load_datamodule(config: str, overrides: list[str] | None = None):
     import yaml
     from jsonargparse import ArgumentParser
 
-    from datamodules.sequence import SeqRecDataModule
+    from adagrpo.datamodules.sequence import SeqRecDataModule
 
     path = Path(config)
     if not path.exists():
@@ -53,7 +53,7 @@ def cmd_prepare(argv: list[str]) -> int:
                         "(default: runs/prepared/<dataset>)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args, overrides = parser.parse_known_args(argv)
-    from datamodules.errors import ConfigError, DataError
+    from adagrpo.datamodules.errors import ConfigError, DataError
 
     start = time.perf_counter()
     try:
@@ -165,10 +165,10 @@ def cmd_analyze(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import json as _json
 
-    from datamodules.errors import ConfigError, DataError
-    from lightning_modules.analysis import format_strata, load_policy, plot_strata, stratified_analysis
-    from lightning_modules.base import IncompatibleCheckpoint
-    from lightning_modules.reward import TrainedReward
+    from adagrpo.datamodules.errors import ConfigError, DataError
+    from adagrpo.lightning_modules.analysis import format_strata, load_policy, plot_strata, stratified_analysis
+    from adagrpo.lightning_modules.base import IncompatibleCheckpoint
+    from adagrpo.lightning_modules.reward import TrainedReward
 
     try:
         dm = load_datamodule(args.data)
@@ -252,10 +252,11 @@ def cmd_quickstart(argv: list[str]) -> int:
     parser.add_argument("--fast", action="store_true", help="a much shorter run (smoke test)")
     args = parser.parse_args(argv)
     from adagrpo.experiments import quickstart_stages, run_pipeline
+    from adagrpo.resources import config_root
 
     start = time.perf_counter()
     print("== 1/6 prepare the synthetic world ==", flush=True)
-    code = cmd_prepare(["--config", str(Path(__file__).resolve().parents[1] / "configs" / "data" / "synthetic.yaml")])
+    code = cmd_prepare(["--config", str(config_root() / "data" / "synthetic.yaml")])
     if code:
         return code
     stages = quickstart_stages(args.experiment, Path("runs"), fast=args.fast)
@@ -277,12 +278,12 @@ def cmd_export(argv: list[str]) -> int:
         prog="adagrpo export",
         description="Write a trained policy (SFT or GRPO checkpoint) as a transformers `save_pretrained` folder with "
         "its SID tokenizer; it then loads with AutoModelForCausalLM, or as "
-        "`lightning_modules.PretrainedPolicy` (e.g. an 8-bit GRPO reference on GPU).")
+        "`adagrpo.lightning_modules.PretrainedPolicy` (e.g. an 8-bit GRPO reference on GPU).")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from datamodules.errors import ConfigError
-    from lightning_modules.policy import export_checkpoint
+    from adagrpo.datamodules.errors import ConfigError
+    from adagrpo.lightning_modules.policy import export_checkpoint
 
     if not Path(args.checkpoint).exists():
         print(f"adagrpo export: checkpoint not found: {args.checkpoint}", file=sys.stderr)

@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datamodules.cache import atomic_write_text
-
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from adagrpo.datamodules.cache import atomic_write_text
+from adagrpo.resources import config_root
 
 
 @dataclass
@@ -118,7 +117,7 @@ def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs
 
 def quickstart_stages(experiment: str, runs_root: Path, fast: bool = False) -> list[Stage]:
     """prepare → SFT → reward model → GRPO (fixed λ = 1) and AdaGRPO, on the synthetic world."""
-    exp = REPO_CONFIGS / "experiments"
+    exp = config_root() / "experiments"
     sft_ckpt = str(runs_root / experiment / "sft" / "best.ckpt")
     rm_ckpt = str(runs_root / experiment / "reward" / "best.ckpt")
     rl_env = {"ADAGRPO_SFT_CKPT": sft_ckpt, "ADAGRPO_REWARD_CKPT": rm_ckpt}

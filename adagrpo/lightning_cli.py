@@ -79,8 +79,8 @@ class AdaGRPOCLI(LightningCLI):
     def check_checkpoint(self) -> None:
         """Before fit/validate/test/predict with ``--ckpt_path FILE``: fail at once, in one process, if the checkpoint
         was trained on other semantic IDs than the configured data (see ``PolicyModule.check_checkpoint_file``)."""
-        from datamodules.sequence import SeqRecDataModule
-        from lightning_modules.base import PolicyModule
+        from adagrpo.datamodules.sequence import SeqRecDataModule
+        from adagrpo.lightning_modules.base import PolicyModule
 
         ckpt = (self.config_init.get(self.subcommand) or {}).get("ckpt_path")
         if (ckpt and Path(str(ckpt)).is_file() and isinstance(self.model, PolicyModule)

@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from datamodules.semantic_ids import SidVocab  # noqa: E402
-from datamodules.trie import CatalogTrie  # noqa: E402
-from lightning_modules.decoding import DecodingConfig, DecodingEngine  # noqa: E402
-from lightning_modules.policy import LlamaPolicy  # noqa: E402
+from adagrpo.datamodules.semantic_ids import SidVocab  # noqa: E402
+from adagrpo.datamodules.trie import CatalogTrie  # noqa: E402
+from adagrpo.lightning_modules.decoding import DecodingConfig, DecodingEngine  # noqa: E402
+from adagrpo.lightning_modules.policy import LlamaPolicy  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "decoding_cpu.txt"
 QUICK = dict(batch=8, beam=5, history=4, hidden=32, layers=1, heads=2, items=300, codebook=16,

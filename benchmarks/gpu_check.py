@@ -49,9 +49,9 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------- helpers
 def synthetic_dm(args: argparse.Namespace, train_mode: str, batch_size: int):  # noqa: ANN201
-    from datamodules.semantic_ids import RQKMeansSids
-    from datamodules.sequence import SeqRecDataModule
-    from datamodules.synthetic import SyntheticSource
+    from adagrpo.datamodules.semantic_ids import RQKMeansSids
+    from adagrpo.datamodules.sequence import SeqRecDataModule
+    from adagrpo.datamodules.synthetic import SyntheticSource
 
     users, items = (200, 120) if args.smoke else (5000, 2000)
     dm = SeqRecDataModule(source=SyntheticSource(num_users=users, num_items=items), sids=RQKMeansSids(),
@@ -64,7 +64,7 @@ def synthetic_dm(args: argparse.Namespace, train_mode: str, batch_size: int):  #
 def policy_spec(args: argparse.Namespace, size: str):  # noqa: ANN201
     import yaml
 
-    from lightning_modules.policy import LlamaPolicy
+    from adagrpo.lightning_modules.policy import LlamaPolicy
 
     if args.smoke:
         size = "tiny"
@@ -140,8 +140,8 @@ def section_env(args: argparse.Namespace) -> dict:
 def section_sft_base(args: argparse.Namespace) -> dict:
     import lightning as L
 
-    from lightning_modules.policy import count_parameters
-    from lightning_modules.sft import SFTModule
+    from adagrpo.lightning_modules.policy import count_parameters
+    from adagrpo.lightning_modules.sft import SFTModule
 
     dm = synthetic_dm(args, "sft", batch_size=32 if args.smoke else 128)
     module = SFTModule(policy=policy_spec(args, "base"))
@@ -161,11 +161,11 @@ def section_sft_base(args: argparse.Namespace) -> dict:
 def section_grpo_base(args: argparse.Namespace) -> dict:
     import lightning as L
 
-    from callbacks.gates import PolicyDifficultyGate, RewardDiscriminabilityGate
-    from lightning_modules.balancers import GatedBalance
-    from lightning_modules.grpo import GRPOModule
-    from lightning_modules.reward import NoisyReward
-    from lightning_modules.sft import SFTModule
+    from adagrpo.callbacks.gates import PolicyDifficultyGate, RewardDiscriminabilityGate
+    from adagrpo.lightning_modules.balancers import GatedBalance
+    from adagrpo.lightning_modules.grpo import GRPOModule
+    from adagrpo.lightning_modules.reward import NoisyReward
+    from adagrpo.lightning_modules.sft import SFTModule
 
     dm = synthetic_dm(args, "prompts", batch_size=8 if args.smoke else 64)
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,10 +198,10 @@ def section_bnb(args: argparse.Namespace) -> dict:
         import bitsandbytes as bnb
     except Exception as err:  # noqa: BLE001
         return {"skipped": f"bitsandbytes not importable: {err}"}
-    from lightning_modules.decoding import candidate_logits, token_logprobs
-    from lightning_modules.grpo_loss import k3_kl
-    from lightning_modules.optim import check_optimizer_strategy
-    from lightning_modules.policy import LlamaPolicy, PretrainedPolicy, save_sid_tokenizer
+    from adagrpo.lightning_modules.decoding import candidate_logits, token_logprobs
+    from adagrpo.lightning_modules.grpo_loss import k3_kl
+    from adagrpo.lightning_modules.optim import check_optimizer_strategy
+    from adagrpo.lightning_modules.policy import LlamaPolicy, PretrainedPolicy, save_sid_tokenizer
 
     dm = synthetic_dm(args, "prompts", batch_size=16)
     model, vocab = LlamaPolicy(hidden_size=256, num_layers=4, num_heads=4).build(dm.vocab)
@@ -251,12 +251,12 @@ def section_decoding(args: argparse.Namespace) -> dict:
 def section_beauty(args: argparse.Namespace) -> dict:
     import lightning as L
 
-    from datamodules.embeddings import TextEmbeddings
-    from datamodules.readers import ItemFile, SasRecText
-    from datamodules.semantic_ids import RQKMeansSids
-    from datamodules.sequence import SeqRecDataModule
-    from lightning_modules.policy import LlamaPolicy
-    from lightning_modules.sft import SFTModule
+    from adagrpo.datamodules.embeddings import TextEmbeddings
+    from adagrpo.datamodules.readers import ItemFile, SasRecText
+    from adagrpo.datamodules.semantic_ids import RQKMeansSids
+    from adagrpo.datamodules.sequence import SeqRecDataModule
+    from adagrpo.lightning_modules.policy import LlamaPolicy
+    from adagrpo.lightning_modules.sft import SFTModule
 
     root = Path(args.data_root) / "amazon_beauty_2014"
     if not (root / "user_sequences.txt").exists():

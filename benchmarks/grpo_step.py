@@ -50,15 +50,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from adagrpo.callbacks.gates import combine_gates  # noqa: E402
+from adagrpo.datamodules.semantic_ids import SPECIAL_TOKENS, SidVocab  # noqa: E402
+from adagrpo.datamodules.sequence import PromptBatch  # noqa: E402
+from adagrpo.datamodules.trie import CatalogTrie  # noqa: E402
+from adagrpo.lightning_modules.decoding import DecodingEngine  # noqa: E402
+from adagrpo.lightning_modules.grpo import GRPOModule  # noqa: E402
+from adagrpo.lightning_modules.policy import LlamaPolicy  # noqa: E402
+from adagrpo.lightning_modules.reward import RewardModel  # noqa: E402
 from benchmarks.decoding import ProcessorTimer, make_catalogue  # noqa: E402
-from callbacks.gates import combine_gates  # noqa: E402
-from datamodules.semantic_ids import SPECIAL_TOKENS, SidVocab  # noqa: E402
-from datamodules.sequence import PromptBatch  # noqa: E402
-from datamodules.trie import CatalogTrie  # noqa: E402
-from lightning_modules.decoding import DecodingEngine  # noqa: E402
-from lightning_modules.grpo import GRPOModule  # noqa: E402
-from lightning_modules.policy import LlamaPolicy  # noqa: E402
-from lightning_modules.reward import RewardModel  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "grpo_step_cpu.txt"
 QUICK = dict(batch=4, group=4, history=4, hidden=32, layers=1, heads=2, items=300, codebook=16, steps=2, threads=1)

@@ -38,11 +38,11 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import lightning as L  # noqa: E402
 
-import datamodules  # noqa: E402
-from datamodules.exposure import CoatExposure, CoatSource, SimulatedExposure, WorldExposure  # noqa: E402
-from datamodules.reward_data import RewardDataModule  # noqa: E402
-from lightning_modules.bias_report import bias_report  # noqa: E402
-from lightning_modules.reward import RewardModelModule  # noqa: E402
+from adagrpo import datamodules  # noqa: E402
+from adagrpo.datamodules.exposure import CoatExposure, CoatSource, SimulatedExposure, WorldExposure  # noqa: E402
+from adagrpo.datamodules.reward_data import RewardDataModule  # noqa: E402
+from adagrpo.lightning_modules.bias_report import bias_report  # noqa: E402
+from adagrpo.lightning_modules.reward import RewardModelModule  # noqa: E402
 
 DEFAULT_EPOCHS = {"synthetic": 3, "coat": 20, "beauty": 3}
 DEFAULT_BATCH = {"synthetic": 256, "coat": 128, "beauty": 256}

@@ -16,7 +16,7 @@ import time
 import psutil
 import torch
 
-from datamodules.trie import CatalogTrie
+from adagrpo.datamodules.trie import CatalogTrie
 
 
 def random_distinct_codes(n: int, levels: int, codebook: int, seed: int) -> torch.Tensor:

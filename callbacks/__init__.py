@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "RunRecorder": "callbacks.run_recorder",
-    "StepMetricsRecorder": "callbacks.metrics_recorder",
-    "Gate": "callbacks.gates",
-    "ThresholdGate": "callbacks.gates",
-    "PolicyDifficultyGate": "callbacks.gates",
-    "RewardDiscriminabilityGate": "callbacks.gates",
-    "PluginGate": "callbacks.gates",
+    "RunRecorder": "adagrpo.callbacks.run_recorder",
+    "StepMetricsRecorder": "adagrpo.callbacks.metrics_recorder",
+    "Gate": "adagrpo.callbacks.gates",
+    "ThresholdGate": "adagrpo.callbacks.gates",
+    "PolicyDifficultyGate": "adagrpo.callbacks.gates",
+    "RewardDiscriminabilityGate": "adagrpo.callbacks.gates",
+    "PluginGate": "adagrpo.callbacks.gates",
 }
 
 __all__ = list(_EXPORTS)

@@ -16,8 +16,8 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from datamodules.errors import ConfigError
-from lightning_modules.diagnostics import Diagnostics
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.lightning_modules.diagnostics import Diagnostics
 
 ENTRY_POINT_GROUP = "adagrpo.gates"
 

@@ -2,7 +2,7 @@
 
 Used to compare loss trajectories across runs (one process vs DDP vs FSDP2, a fit vs its resumption)::
 
-    adagrpo fit --config ... --trainer.callbacks+='{"class_path": "callbacks.StepMetricsRecorder",
+    adagrpo fit --config ... --trainer.callbacks+='{"class_path": "adagrpo.callbacks.StepMetricsRecorder",
                                                     "init_args": {"path": "out/metrics", "keys": ["loss/nll"]}}'
 
 Every rank writes its own file (its own, unreduced values: what ``self.log`` received on that rank), and

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from datamodules.cache import atomic_write_text
+from adagrpo.datamodules.cache import atomic_write_text
 
 
 class RunRecorder(Callback):

@@ -1,6 +1,6 @@
 """The validated in-memory form of a dataset: a :class:`Catalog` of items and user :class:`Interactions`.
 
-Every reader in :mod:`datamodules.readers` produces an :class:`Interactions`; everything downstream
+Every reader in :mod:`adagrpo.datamodules.readers` produces an :class:`Interactions`; everything downstream
 (semantic IDs, splits, exposure simulation, DataModules) starts from it.
 """
 

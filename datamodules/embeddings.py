@@ -20,8 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from datamodules.catalog import Interactions
-from datamodules.errors import DataError
+from adagrpo.datamodules.catalog import Interactions
+from adagrpo.datamodules.errors import DataError
 
 #: Norm of the stand-in vector given to items with nothing to embed (no text, no co-occurrence):
 #: small next to the unit-norm rows, but distinct per item so k-means can still tell them apart.

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.catalog import Catalog, Interactions
-from datamodules.errors import ConfigError, DataError
-from datamodules.sources import DataSource
+from adagrpo.datamodules.catalog import Catalog, Interactions
+from adagrpo.datamodules.errors import ConfigError, DataError
+from adagrpo.datamodules.sources import DataSource
 
 
 @dataclass
@@ -196,7 +196,7 @@ def _drop_repeats(slate: torch.Tensor, clicked: torch.Tensor, data: Interactions
 
 class WorldExposure(ExposureSpec):
     """The synthetic world's logging policy: its slates (exposure ∝ popularity^α plus a noisy retriever)
-    and the clicks its users made. Needs a :class:`~datamodules.synthetic.SyntheticSource`."""
+    and the clicks its users made. Needs a :class:`~adagrpo.datamodules.synthetic.SyntheticSource`."""
 
     def build(self, data: Interactions, train_end: np.ndarray, source: object) -> ExposureSplits:
         world = getattr(source, "world", None)
@@ -225,7 +225,7 @@ class CoatExposure(ExposureSpec):
 
     def build(self, data: Interactions, train_end: np.ndarray, source: object) -> ExposureSplits:
         if not isinstance(source, CoatSource):
-            raise ConfigError("exposure", "CoatExposure needs data.source: datamodules.CoatSource")
+            raise ConfigError("exposure", "CoatExposure needs data.source: adagrpo.datamodules.CoatSource")
         biased, split = source.ratings("train"), source.event_split()
         history_len = data.lengths()  # history = the user's liked training coats (minus the scored one)
 

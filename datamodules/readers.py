@@ -1,4 +1,4 @@
-"""Readers for the on-disk dataset formats; each is a :class:`~datamodules.sources.DataSource`.
+"""Readers for the on-disk dataset formats; each is a :class:`~adagrpo.datamodules.sources.DataSource`.
 
 Formats:
 
@@ -28,9 +28,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from datamodules.catalog import TEXT_FIELDS, Catalog, Interactions
-from datamodules.errors import ConfigError, DataError
-from datamodules.sources import DataSource
+from adagrpo.datamodules.catalog import TEXT_FIELDS, Catalog, Interactions
+from adagrpo.datamodules.errors import ConfigError, DataError
+from adagrpo.datamodules.sources import DataSource
 
 Where = list[tuple[str, int | None, str | None]]
 

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.exposure import ExposureLog, ExposureSpec, ExposureSplits, SimulatedExposure, WorldExposure
-from datamodules.semantic_ids import SidBuilder
-from datamodules.sequence import SeqRecDataModule, _left_pad, _Rows
-from datamodules.sources import DataSource
+from adagrpo.datamodules.exposure import ExposureLog, ExposureSpec, ExposureSplits, SimulatedExposure, WorldExposure
+from adagrpo.datamodules.semantic_ids import SidBuilder
+from adagrpo.datamodules.sequence import SeqRecDataModule, _left_pad, _Rows
+from adagrpo.datamodules.sources import DataSource
 
 
 @dataclass
@@ -37,7 +37,7 @@ class RewardDataModule(SeqRecDataModule):
 
     Args (besides :class:`SeqRecDataModule`'s):
         exposure: where the logs come from (``class_path`` of an
-            :class:`~datamodules.exposure.ExposureSpec`); default: the synthetic world's own logging
+            :class:`~adagrpo.datamodules.exposure.ExposureSpec`); default: the synthetic world's own logging
             policy for the synthetic source, simulated exposure (popularity^α + co-occurrence) otherwise.
     """
 

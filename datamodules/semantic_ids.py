@@ -22,10 +22,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from datamodules.cache import atomic_write_text, cached
-from datamodules.catalog import Interactions
-from datamodules.errors import ConfigError, DataError
-from datamodules.trie import CatalogTrie
+from adagrpo.datamodules.cache import atomic_write_text, cached
+from adagrpo.datamodules.catalog import Interactions
+from adagrpo.datamodules.errors import ConfigError, DataError
+from adagrpo.datamodules.trie import CatalogTrie
 
 LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _TOKEN_RE = re.compile(r"^<([a-z])_(\d+)>$")
@@ -175,8 +175,8 @@ class SemanticIds:
 # ---------------------------------------------------------------------------------------- reports
 def code_statistics(codes: torch.Tensor, codebook_sizes: list[int]) -> dict:
     """Collision rate (1 - distinct tuples / N), largest collision group, per-level utilisation and
-    perplexity, laid out for the prepare report (numbers from :func:`~datamodules.rqkmeans.code_report`)."""
-    from datamodules.rqkmeans import code_report
+    perplexity, laid out for the prepare report (numbers from :func:`~adagrpo.datamodules.rqkmeans.code_report`)."""
+    from adagrpo.datamodules.rqkmeans import code_report
 
     rep = code_report(codes, codebook_sizes)
     levels = [
@@ -316,7 +316,7 @@ class RQKMeansSids(SidBuilder):
         if codebook_size < 2:
             raise ConfigError("codebook_size", f"must be >= 2, got {codebook_size}")
         if embeddings is None:
-            from datamodules.embeddings import TextEmbeddings
+            from adagrpo.datamodules.embeddings import TextEmbeddings
 
             embeddings = TextEmbeddings()
         self.embeddings = embeddings
@@ -328,7 +328,7 @@ class RQKMeansSids(SidBuilder):
         self.seed = seed
 
     def cache_key(self, data: Interactions) -> dict:
-        from datamodules.rqkmeans import effective_codebook_sizes
+        from adagrpo.datamodules.rqkmeans import effective_codebook_sizes
 
         return {
             "embeddings": {"class": type(self.embeddings).__name__, **self.embeddings.cache_key()},
@@ -343,7 +343,7 @@ class RQKMeansSids(SidBuilder):
         }
 
     def raw_codes(self, data: Interactions) -> tuple[torch.Tensor, list[int], dict]:
-        from datamodules.rqkmeans import effective_codebook_sizes, rq_kmeans
+        from adagrpo.datamodules.rqkmeans import effective_codebook_sizes, rq_kmeans
 
         x = self.embeddings.embed(data)  # [N, D]
         sizes = effective_codebook_sizes(data.num_items, self.levels, self.codebook_size, self.cap_small_catalogue)
@@ -469,4 +469,4 @@ def _read_index(path: str) -> tuple[dict[str, list[str]], dict[str, int]]:
 
 
 # Imported last: embeddings imports this module's neighbours only, never this module.
-from datamodules.embeddings import ItemEmbeddings  # noqa: E402
+from adagrpo.datamodules.embeddings import ItemEmbeddings  # noqa: E402

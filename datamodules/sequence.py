@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.catalog import Interactions
-from datamodules.errors import ConfigError
-from datamodules.semantic_ids import SemanticIds, SidBuilder, SidVocab
-from datamodules.sources import DataSource
-from datamodules.splits import Split, leave_one_out, ratio_split
-from datamodules.trie import CatalogTrie
+from adagrpo.datamodules.catalog import Interactions
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.datamodules.semantic_ids import SemanticIds, SidBuilder, SidVocab
+from adagrpo.datamodules.sources import DataSource
+from adagrpo.datamodules.splits import Split, leave_one_out, ratio_split
+from adagrpo.datamodules.trie import CatalogTrie
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,9 @@ class SeqRecDataModule(L.LightningDataModule):
     """Sequences of semantic IDs for SFT, evaluation and RL.
 
     Args:
-        source: the dataset (``class_path`` of a :class:`~datamodules.sources.DataSource`); default
+        source: the dataset (``class_path`` of a :class:`~adagrpo.datamodules.sources.DataSource`); default
             the synthetic world.
-        sids: how semantic IDs are made (``class_path`` of a :class:`~datamodules.semantic_ids.SidBuilder`);
+        sids: how semantic IDs are made (``class_path`` of a :class:`~adagrpo.datamodules.semantic_ids.SidBuilder`);
             default RQ-KMeans over text embeddings.
         split: ``leave_one_out`` (last item test, second-to-last validation) or ``ratio``.
         ratios: train/val/test shares of positions for ``split: ratio``.
@@ -197,11 +197,11 @@ class SeqRecDataModule(L.LightningDataModule):
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("data.batch_size", "batch sizes must be >= 1")
         if source is None:
-            from datamodules.synthetic import SyntheticSource
+            from adagrpo.datamodules.synthetic import SyntheticSource
 
             source = SyntheticSource()
         if sids is None:
-            from datamodules.semantic_ids import RQKMeansSids
+            from adagrpo.datamodules.semantic_ids import RQKMeansSids
 
             sids = RQKMeansSids()
         self.source = source

@@ -5,8 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Literal
 
-from datamodules.catalog import Interactions, kcore
-from datamodules.errors import ConfigError, DataError
+from adagrpo.datamodules.catalog import Interactions, kcore
+from adagrpo.datamodules.errors import ConfigError, DataError
 
 
 class DataSource(ABC):

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datamodules.catalog import Interactions
-from datamodules.errors import ConfigError
+from adagrpo.datamodules.catalog import Interactions
+from adagrpo.datamodules.errors import ConfigError
 
 
 @dataclass

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from datamodules.catalog import Catalog, Interactions
-from datamodules.errors import ConfigError
-from datamodules.sources import DataSource
+from adagrpo.datamodules.catalog import Catalog, Interactions
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.datamodules.sources import DataSource
 
 _SYLLABLES = ["ka", "lo", "mi", "ren", "su", "ta", "vi", "no", "pa", "xe", "dor", "bel", "qu", "fi", "zan",
               "mo", "ri", "tec", "ul", "gra", "ho", "ne", "sil", "ve", "jun", "cor", "am", "bri", "lux", "ost"]

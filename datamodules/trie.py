@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from datamodules.rqkmeans import as_code_table
+from adagrpo.datamodules.rqkmeans import as_code_table
 
 
 class CatalogTrie:

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from datamodules.sequence import SeqRecDataModule
-from lightning_modules.base import CKPT_KEY, check_signature
-from lightning_modules.decoding import DecodingConfig, DecodingEngine, candidate_logits, token_logprobs
-from lightning_modules.diagnostics import Diagnostics, compute_diagnostics
-from lightning_modules.policy import spec_from_description
-from lightning_modules.reward import RewardModel
+from adagrpo.datamodules.sequence import SeqRecDataModule
+from adagrpo.lightning_modules.base import CKPT_KEY, check_signature
+from adagrpo.lightning_modules.decoding import DecodingConfig, DecodingEngine, candidate_logits, token_logprobs
+from adagrpo.lightning_modules.diagnostics import Diagnostics, compute_diagnostics
+from adagrpo.lightning_modules.policy import spec_from_description
+from adagrpo.lightning_modules.reward import RewardModel
 
 STRATA = ("certain·noisy", "certain·discriminative", "uncertain·noisy", "uncertain·discriminative")
 

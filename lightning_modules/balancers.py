@@ -8,8 +8,8 @@ from typing import Literal
 
 import torch
 
-from datamodules.errors import ConfigError
-from lightning_modules.diagnostics import Diagnostics
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.lightning_modules.diagnostics import Diagnostics
 
 
 class Balancer(ABC):

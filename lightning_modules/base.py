@@ -15,13 +15,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from datamodules.errors import ConfigError
-from datamodules.sequence import PromptBatch, SeqRecDataModule
-from lightning_modules.decoding import DecodingEngine
-from lightning_modules.evaluation import Evaluator
-from lightning_modules.optim import build_optimizers
-from lightning_modules.policy import LlamaPolicy, PolicySpec
-from lightning_modules.sharding import gathered, shard_model
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.datamodules.sequence import PromptBatch, SeqRecDataModule
+from adagrpo.lightning_modules.decoding import DecodingEngine
+from adagrpo.lightning_modules.evaluation import Evaluator
+from adagrpo.lightning_modules.optim import build_optimizers
+from adagrpo.lightning_modules.policy import LlamaPolicy, PolicySpec
+from adagrpo.lightning_modules.sharding import gathered, shard_model
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ class PolicyModule(L.LightningModule):
     """Base for modules that train a causal-LM policy over semantic IDs.
 
     Args:
-        policy: the model description (``class_path`` of a :class:`~lightning_modules.policy.PolicySpec`);
+        policy: the model description (``class_path`` of a :class:`~adagrpo.lightning_modules.policy.PolicySpec`);
             built in ``configure_model`` once the data's vocabulary is known.
         optimizer: e.g. ``torch.optim.AdamW`` with its ``init_args`` (default AdamW, lr 1e-3, wd 0.01).
-        scheduler: e.g. :class:`~lightning_modules.schedules.WarmupCosine`, stepped every optimizer step.
+        scheduler: e.g. :class:`~adagrpo.lightning_modules.schedules.WarmupCosine`, stepped every optimizer step.
         beam_width: candidates decoded per user in evaluation.
         ks: HR/NDCG cut-offs.
         val_unconstrained / test_unconstrained: also evaluate unconstrained decoding (hallucination).

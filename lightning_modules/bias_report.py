@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamodules.reward_data import RewardDataModule
-from lightning_modules.reward import auc
+from adagrpo.datamodules.reward_data import RewardDataModule
+from adagrpo.lightning_modules.reward import auc
 
 
 def popularity_buckets(popularity: torch.Tensor, buckets: int) -> torch.Tensor:

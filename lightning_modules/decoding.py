@@ -25,8 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from datamodules.semantic_ids import SidVocab
-from datamodules.trie import CatalogTrie
+from adagrpo.datamodules.semantic_ids import SidVocab
+from adagrpo.datamodules.trie import CatalogTrie
 
 
 @dataclass
@@ -48,7 +48,7 @@ class DecodingConfig:
     top_k: int | None = None
 
     def __post_init__(self) -> None:
-        from datamodules.errors import ConfigError
+        from adagrpo.datamodules.errors import ConfigError
 
         if self.mode not in ("beam", "sample"):
             raise ConfigError("decoding.mode", f"must be beam or sample, got {self.mode!r}")

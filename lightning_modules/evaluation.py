@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from datamodules.sequence import PromptBatch
-from lightning_modules.decoding import DecodingConfig, DecodingEngine
-from lightning_modules.metrics import Coverage, HallucinationRate, MeanPopularity, MeanValue, RankingMetrics
+from adagrpo.datamodules.sequence import PromptBatch
+from adagrpo.lightning_modules.decoding import DecodingConfig, DecodingEngine
+from adagrpo.lightning_modules.metrics import Coverage, HallucinationRate, MeanPopularity, MeanValue, RankingMetrics
 
 
 class Evaluator(nn.Module):

@@ -31,18 +31,18 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from callbacks.gates import Gate, combine_gates
-from datamodules.errors import ConfigError
-from datamodules.sequence import PromptBatch
-from lightning_modules.balancers import Balancer, GatedBalance
-from lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, PolicyModule, check_signature
-from lightning_modules.decoding import DecodingConfig, candidate_logits, token_logprobs
-from lightning_modules.diagnostics import Diagnostics, compute_diagnostics, first_occurrence
-from lightning_modules.grpo_loss import aggregate, clipped_surrogate, group_advantages, penalise_invalid
-from lightning_modules.policy import PolicySpec, spec_from_description
-from lightning_modules.reward import RewardModel
-from lightning_modules.schedules import WarmupCosine
-from lightning_modules.sharding import gathered, shard_model
+from adagrpo.callbacks.gates import Gate, combine_gates
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.datamodules.sequence import PromptBatch
+from adagrpo.lightning_modules.balancers import Balancer, GatedBalance
+from adagrpo.lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, PolicyModule, check_signature
+from adagrpo.lightning_modules.decoding import DecodingConfig, candidate_logits, token_logprobs
+from adagrpo.lightning_modules.diagnostics import Diagnostics, compute_diagnostics, first_occurrence
+from adagrpo.lightning_modules.grpo_loss import aggregate, clipped_surrogate, group_advantages, penalise_invalid
+from adagrpo.lightning_modules.policy import PolicySpec, spec_from_description
+from adagrpo.lightning_modules.reward import RewardModel
+from adagrpo.lightning_modules.schedules import WarmupCosine
+from adagrpo.lightning_modules.sharding import gathered, shard_model
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ class GRPOModule(PolicyModule):
     Args:
         init_from: the SFT checkpoint the policy starts from (and the reference copies). Its SID map must
             match the data's; its policy architecture is used unless ``policy`` is given.
-        reward: the reward model (``class_path`` of a :class:`~lightning_modules.reward.RewardModel`).
+        reward: the reward model (``class_path`` of a :class:`~adagrpo.lightning_modules.reward.RewardModel`).
         balancer: how NLL, GRPO and gate admissions combine (default :class:`GatedBalance`).
-        gates: gates (``class_path`` of :class:`~callbacks.gates.Gate` callbacks); gates listed under
+        gates: gates (``class_path`` of :class:`~adagrpo.callbacks.gates.Gate` callbacks); gates listed under
             ``trainer.callbacks`` are used too. Their admissions are multiplied (AND).
         num_generations: G, candidates per prompt.
         rollout_mode: ``beam`` (distinct candidates) or ``sample``.
@@ -109,10 +109,10 @@ class GRPOModule(PolicyModule):
         reference_sharding: under FSDP2, keep a full reference copy on every device (``replicate``) or shard
             it like the policy (``shard``: less memory, one all-gather per layer per reference forward).
         reference: build the frozen reference from this spec instead of copying the SFT policy — e.g. a
-            :class:`~lightning_modules.policy.PretrainedPolicy` of ``adagrpo export``'s folder loaded in 8-bit
+            :class:`~adagrpo.lightning_modules.policy.PretrainedPolicy` of ``adagrpo export``'s folder loaded in 8-bit
             or 4-bit (bitsandbytes, GPU). Its SID tokens must have the policy's token ids.
         policy, optimizer, scheduler, beam_width, ks, val_unconstrained, test_unconstrained: see
-            :class:`~lightning_modules.base.PolicyModule`.
+            :class:`~adagrpo.lightning_modules.base.PolicyModule`.
     """
 
     def __init__(

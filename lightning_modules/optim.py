@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.optim import Optimizer
 
-from datamodules.errors import ConfigError
+from adagrpo.datamodules.errors import ConfigError
 
 
 def build_optimizers(module: L.LightningModule, optimizer_factory: Any, scheduler_factory: Any) -> Any:
@@ -19,7 +19,7 @@ def build_optimizers(module: L.LightningModule, optimizer_factory: Any, schedule
     weight decay 0.01). Schedulers step every optimizer step; a :class:`WarmupCosine` without
     ``total_steps`` gets the trainer's estimate.
     """
-    from lightning_modules.schedules import WarmupCosine
+    from adagrpo.lightning_modules.schedules import WarmupCosine
 
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = optimizer_factory(params) if optimizer_factory is not None else torch.optim.AdamW(

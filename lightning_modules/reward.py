@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from datamodules.errors import ConfigError
-from datamodules.reward_data import ExposureBatch, RewardDataModule
-from datamodules.sequence import SeqRecDataModule
-from lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, check_signature
-from lightning_modules.optim import build_optimizers
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.datamodules.reward_data import ExposureBatch, RewardDataModule
+from adagrpo.datamodules.sequence import SeqRecDataModule
+from adagrpo.lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, check_signature
+from adagrpo.lightning_modules.optim import build_optimizers
 
 
 class RewardNet(nn.Module):
@@ -233,7 +233,7 @@ class RewardModelModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
-        from lightning_modules.bias_report import bias_report, log_report
+        from adagrpo.lightning_modules.bias_report import bias_report, log_report
 
         self.net.eval()
         report = bias_report(self.net, self.data, negatives=self.hparams.report_negatives,

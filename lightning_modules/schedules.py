@@ -1,4 +1,4 @@
-"""Learning-rate schedules usable from YAML (``scheduler: class_path: lightning_modules.WarmupCosine``)."""
+"""Learning-rate schedules usable from YAML (``scheduler: class_path: adagrpo.lightning_modules.WarmupCosine``)."""
 
 from __future__ import annotations
 

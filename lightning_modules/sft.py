@@ -7,9 +7,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from datamodules.sequence import TokenBatch
-from lightning_modules.base import PolicyModule
-from lightning_modules.decoding import additive_mask, model_dtype, prompt_attention
+from adagrpo.datamodules.sequence import TokenBatch
+from adagrpo.lightning_modules.base import PolicyModule
+from adagrpo.lightning_modules.decoding import additive_mask, model_dtype, prompt_attention
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

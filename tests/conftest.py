@@ -63,7 +63,7 @@ def tiny_world_dm():
 
     Session-scoped for speed: tests must treat it as read-only.
     """
-    import datamodules
+    from adagrpo import datamodules
 
     dm = datamodules.SeqRecDataModule(
         source=datamodules.SyntheticSource(num_users=200, num_items=120, max_length=20, seed=0),

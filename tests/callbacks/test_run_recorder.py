@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks import RunRecorder
+from adagrpo.callbacks import RunRecorder
 
 
 class PeaksEarly(L.LightningModule):

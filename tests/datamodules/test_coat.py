@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import datamodules
-from datamodules.errors import ConfigError, DataError
-from datamodules.exposure import CoatExposure, CoatSource
-from datamodules.reward_data import RewardDataModule
+from adagrpo import datamodules
+from adagrpo.datamodules.errors import ConfigError, DataError
+from adagrpo.datamodules.exposure import CoatExposure, CoatSource
+from adagrpo.datamodules.reward_data import RewardDataModule
 
 
 # ============================================================================================ real data

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.catalog import Catalog, Interactions
-from datamodules.embeddings import (
+from adagrpo.datamodules.catalog import Catalog, Interactions
+from adagrpo.datamodules.embeddings import (
     CollaborativeEmbeddings,
     ItemEmbeddings,
     NpyEmbeddings,
@@ -15,7 +15,7 @@ from datamodules.embeddings import (
     ppmi,
     truncated_svd,
 )
-from datamodules.errors import DataError
+from adagrpo.datamodules.errors import DataError
 
 TITLES = [
     "red nail polish lacquer",  # 0

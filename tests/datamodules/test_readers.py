@@ -1,4 +1,4 @@
-"""Tests for datamodules.readers: located errors for every malformed input, happy paths, and the real data."""
+"""Tests for adagrpo.datamodules.readers: located errors for every malformed input, happy paths, and the real data."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datamodules.errors import ConfigError, DataError
-from datamodules.readers import ItemFile, LCRecJson, RecBoleAtomic, SasRecText, TableFile
+from adagrpo.datamodules.errors import ConfigError, DataError
+from adagrpo.datamodules.readers import ItemFile, LCRecJson, RecBoleAtomic, SasRecText, TableFile
 
 REPO = Path(__file__).resolve().parents[2]
 BAD_UTF8 = b"\xff\xfe"

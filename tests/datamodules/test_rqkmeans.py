@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from datamodules.rqkmeans import (
+from adagrpo.datamodules.rqkmeans import (
     balanced_assign,
     code_report,
     effective_codebook_sizes,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.catalog import Catalog, Interactions
-from datamodules.errors import ConfigError, DataError
-from datamodules.semantic_ids import IndexFileSids, SemanticIds, SidVocab, code_token, deduplicate
-from datamodules.trie import CatalogTrie
+from adagrpo.datamodules.catalog import Catalog, Interactions
+from adagrpo.datamodules.errors import ConfigError, DataError
+from adagrpo.datamodules.semantic_ids import IndexFileSids, SemanticIds, SidVocab, code_token, deduplicate
+from adagrpo.datamodules.trie import CatalogTrie
 
 # ----------------------------------------------------------------------------------------------- deduplicate
 
@@ -264,7 +264,7 @@ def test_save_table_and_index(tmp_path):
 
 @pytest.fixture(scope="module")
 def beauty(beauty_dir):
-    from datamodules import ItemFile, SasRecText
+    from adagrpo.datamodules import ItemFile, SasRecText
 
     source = SasRecText(
         str(beauty_dir / "user_sequences.txt"),

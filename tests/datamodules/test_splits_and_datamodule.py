@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.catalog import Catalog, Interactions
-from datamodules.errors import ConfigError
-from datamodules.sequence import bucket_batches
-from datamodules.splits import leave_one_out, ratio_split
+from adagrpo.datamodules.catalog import Catalog, Interactions
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.datamodules.sequence import bucket_batches
+from adagrpo.datamodules.splits import leave_one_out, ratio_split
 
 
 def hand_data(sequences: list[list[int]], n_items: int = 12) -> Interactions:

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from datamodules.errors import ConfigError
-from datamodules.synthetic import SyntheticSource, SyntheticWorld
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.datamodules.synthetic import SyntheticSource, SyntheticWorld
 
 SMALL = dict(num_users=150, num_items=100, num_categories=4, subcategories=3, min_length=4, max_length=12)
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datamodules.trie import CatalogTrie
+from adagrpo.datamodules.trie import CatalogTrie
 
 
 @st.composite

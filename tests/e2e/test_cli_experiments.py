@@ -308,10 +308,10 @@ def tmp_data_config(world: World) -> Path:
     path = world.root / "tiny_rl.yaml"
     if not path.exists():
         path.write_text(
-            "class_path: datamodules.SeqRecDataModule\n"
+            "class_path: adagrpo.datamodules.SeqRecDataModule\n"
             "init_args:\n"
             "  source:\n"
-            "    class_path: datamodules.SyntheticSource\n"
+            "    class_path: adagrpo.datamodules.SyntheticSource\n"
             "    init_args: {num_users: 150, num_items: 100, seed: 0}\n"
             f"  sids: {CONFIGS / 'data' / 'sids' / 'text_small.yaml'}\n"
             "  train_mode: prompts\n"

@@ -9,7 +9,7 @@ prompt has the same number of tokens, and the token-mean SFT loss of the union i
 token means), batches are cut in data order and not shuffled (``--data.init_args.shuffle false --bucket
 false``; Lightning's ``DistributedSampler`` then gives batch i to rank i mod 2), the policy has no dropout,
 and every row count divides by 2B (no sampler padding). Each run records its per-rank, per-step losses with
-:class:`callbacks.StepMetricsRecorder`; the mean over ranks is compared with the single-process value.
+:class:`adagrpo.callbacks.StepMetricsRecorder`; the mean over ranks is compared with the single-process value.
 
 Tolerance: ``TOL = 1e-4`` absolute on every step (5 SFT steps, 4 GRPO steps), far above the float32 reduction
 noise these runs show (~1e-6; the measured maxima are printed) and far below the effect of any real
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from callbacks.metrics_recorder import read_records
+from adagrpo.callbacks.metrics_recorder import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ class Outcome:
 
 
 def recorder(folder: Path, keys: list[str]) -> list[str]:
-    spec = {"class_path": "callbacks.StepMetricsRecorder", "init_args": {"path": str(folder), "keys": keys}}
+    spec = {"class_path": "adagrpo.callbacks.StepMetricsRecorder", "init_args": {"path": str(folder), "keys": keys}}
     return [f"--trainer.callbacks+={json.dumps(spec)}"]
 
 
@@ -191,7 +191,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sft_runs(root) -> dict[str, Outcome]:
     """SFT with 1 process (batch 2B), DDP and FSDP2 (2 processes, batch B), 5 steps each."""
-    import datamodules
+    from adagrpo import datamodules
 
     # The premise of the comparison: equal-length windows, a whole number of 2B-batches.
     dm = datamodules.SeqRecDataModule(

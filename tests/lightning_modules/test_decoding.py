@@ -8,10 +8,16 @@ import math
 import pytest
 import torch
 
-from datamodules.semantic_ids import SidVocab
-from datamodules.trie import CatalogTrie
-from lightning_modules.decoding import Candidates, DecodingConfig, DecodingEngine, candidate_logits, token_logprobs
-from lightning_modules.policy import LlamaPolicy
+from adagrpo.datamodules.semantic_ids import SidVocab
+from adagrpo.datamodules.trie import CatalogTrie
+from adagrpo.lightning_modules.decoding import (
+    Candidates,
+    DecodingConfig,
+    DecodingEngine,
+    candidate_logits,
+    token_logprobs,
+)
+from adagrpo.lightning_modules.policy import LlamaPolicy
 
 SIZES = [6, 5, 4]
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from callbacks.gates import (
+from adagrpo.callbacks.gates import (
     ENTRY_POINT_GROUP,
     Gate,
     PluginGate,
@@ -19,9 +19,9 @@ from callbacks.gates import (
     available_gates,
     combine_gates,
 )
-from datamodules.errors import ConfigError
-from lightning_modules.balancers import FixedWeight, GatedBalance, MarginWeighted
-from lightning_modules.diagnostics import Diagnostics, compute_diagnostics
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.lightning_modules.balancers import FixedWeight, GatedBalance, MarginWeighted
+from adagrpo.lightning_modules.diagnostics import Diagnostics, compute_diagnostics
 
 T, F = True, False
 NAN = math.nan
@@ -347,17 +347,17 @@ def test_plugin_gate_in_grpo_module_config():
     import yaml
     from jsonargparse import ArgumentParser
 
-    from lightning_modules.grpo import GRPOModule
+    from adagrpo.lightning_modules.grpo import GRPOModule
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(GRPOModule, "model")
     config = {"model": {
         "init_from": "does/not/matter.ckpt",
-        "reward": {"class_path": "lightning_modules.OracleReward"},
-        "balancer": {"class_path": "lightning_modules.GatedBalance", "init_args": {"normalize": "admitted"}},
+        "reward": {"class_path": "adagrpo.lightning_modules.OracleReward"},
+        "balancer": {"class_path": "adagrpo.lightning_modules.GatedBalance", "init_args": {"normalize": "admitted"}},
         "gates": [
             {"class_path": CLASS_PATH, "init_args": {"min_rank": 2, "name": "mine"}},
-            {"class_path": "callbacks.RewardDiscriminabilityGate", "init_args": {"threshold": 0.5}},
+            {"class_path": "adagrpo.callbacks.RewardDiscriminabilityGate", "init_args": {"threshold": 0.5}},
         ],
         "num_generations": 4,
     }}
@@ -375,7 +375,7 @@ def test_plugin_gate_in_grpo_module_config():
 
 FAKE_MODULE = '''
 import torch
-from callbacks.gates import Gate
+from adagrpo.callbacks.gates import Gate
 
 
 class MyGate(Gate):
@@ -442,7 +442,7 @@ def test_entry_point_gate_through_jsonargparse(fake_distribution):
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--gate", type=Gate)
-    cfg = parser.parse_args(["--gate", '{"class_path": "callbacks.PluginGate", '
+    cfg = parser.parse_args(["--gate", '{"class_path": "adagrpo.callbacks.PluginGate", '
                                        '"init_args": {"entry_point": "my_gate", "init_args": {"min_auc": 0.6}}}'])
     gate = parser.instantiate_classes(cfg).gate
     assert isinstance(gate, PluginGate)

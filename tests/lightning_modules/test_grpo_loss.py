@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.grpo_loss import aggregate, clipped_surrogate, group_advantages, k3_kl, penalise_invalid
+from adagrpo.lightning_modules.grpo_loss import aggregate, clipped_surrogate, group_advantages, k3_kl, penalise_invalid
 
 T, F = True, False
 

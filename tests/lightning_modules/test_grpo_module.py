@@ -14,15 +14,15 @@ import lightning as L
 import pytest
 import torch
 
-import datamodules
-from callbacks.gates import Gate, PolicyDifficultyGate, RewardDiscriminabilityGate
-from lightning_modules.balancers import FixedWeight, GatedBalance
-from lightning_modules.base import IncompatibleCheckpoint
-from lightning_modules.decoding import additive_mask, candidate_logits, prompt_attention, token_logprobs
-from lightning_modules.grpo import GRPOModule
-from lightning_modules.policy import LlamaPolicy
-from lightning_modules.reward import OracleReward, RewardModel, RewardModelModule, TrainedReward
-from lightning_modules.sft import SFTModule, sft_loss
+from adagrpo import datamodules
+from adagrpo.callbacks.gates import Gate, PolicyDifficultyGate, RewardDiscriminabilityGate
+from adagrpo.lightning_modules.balancers import FixedWeight, GatedBalance
+from adagrpo.lightning_modules.base import IncompatibleCheckpoint
+from adagrpo.lightning_modules.decoding import additive_mask, candidate_logits, prompt_attention, token_logprobs
+from adagrpo.lightning_modules.grpo import GRPOModule
+from adagrpo.lightning_modules.policy import LlamaPolicy
+from adagrpo.lightning_modules.reward import OracleReward, RewardModel, RewardModelModule, TrainedReward
+from adagrpo.lightning_modules.sft import SFTModule, sft_loss
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 

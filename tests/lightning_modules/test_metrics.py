@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
 
-from lightning_modules.metrics import Coverage, HallucinationRate, MeanPopularity, MeanValue, RankingMetrics
+from adagrpo.lightning_modules.metrics import Coverage, HallucinationRate, MeanPopularity, MeanValue, RankingMetrics
 
 
 def random_rankings(b: int, r: int, n_items: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

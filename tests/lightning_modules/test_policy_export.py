@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from datamodules.errors import ConfigError
-from datamodules.semantic_ids import SidVocab
-from lightning_modules.policy import (
+from adagrpo.datamodules.errors import ConfigError
+from adagrpo.datamodules.semantic_ids import SidVocab
+from adagrpo.lightning_modules.policy import (
     LlamaPolicy,
     PretrainedPolicy,
     Qwen2Policy,

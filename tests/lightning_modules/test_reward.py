@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-import datamodules
-from datamodules.catalog import Catalog, Interactions
-from datamodules.exposure import ExposureLog, SimulatedExposure, WorldExposure, split_by_position
-from datamodules.reward_data import RewardDataModule
-from lightning_modules.base import IncompatibleCheckpoint
-from lightning_modules.bias_report import bias_report, plot_report
-from lightning_modules.reward import (
+from adagrpo import datamodules
+from adagrpo.datamodules.catalog import Catalog, Interactions
+from adagrpo.datamodules.exposure import ExposureLog, SimulatedExposure, WorldExposure, split_by_position
+from adagrpo.datamodules.reward_data import RewardDataModule
+from adagrpo.lightning_modules.base import IncompatibleCheckpoint
+from adagrpo.lightning_modules.bias_report import bias_report, plot_report
+from adagrpo.lightning_modules.reward import (
     NoisyReward,
     OracleReward,
     RewardModelModule,

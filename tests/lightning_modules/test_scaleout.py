@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from datamodules.semantic_ids import SidVocab
-from lightning_modules.policy import LlamaPolicy
-from lightning_modules.sft import sft_loss
-from lightning_modules.sharding import gathered, is_sharded, shard_model
+from adagrpo.datamodules.semantic_ids import SidVocab
+from adagrpo.lightning_modules.policy import LlamaPolicy
+from adagrpo.lightning_modules.sft import sft_loss
+from adagrpo.lightning_modules.sharding import gathered, is_sharded, shard_model
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
 
@@ -42,7 +42,7 @@ def test_shard_model_and_gathered_are_noops_without_a_mesh():
 
 
 def test_policy_module_without_a_mesh_is_not_sharded(tiny_world_dm):
-    from lightning_modules.sft import SFTModule
+    from adagrpo.lightning_modules.sft import SFTModule
 
     module = SFTModule(policy=LlamaPolicy(**TINY))
     module.attach(tiny_world_dm)
@@ -85,8 +85,8 @@ def _bnb_optimizer():
 
 
 def test_check_optimizer_strategy():
-    from datamodules.errors import ConfigError
-    from lightning_modules.optim import check_optimizer_strategy
+    from adagrpo.datamodules.errors import ConfigError
+    from adagrpo.lightning_modules.optim import check_optimizer_strategy
 
     opt = _bnb_optimizer()
     with pytest.raises(ConfigError, match="model.init_args.optimizer"):
@@ -101,9 +101,9 @@ def test_build_optimizers_rejects_8bit_adamw_under_fsdp2_strategy():
     """configs/trainer/fsdp.yaml uses FSDP2Strategy, a ModelParallelStrategy subclass: the check must see through
     the subclass, or 8-bit AdamW would meet DTensor parameters mid-training instead of failing early."""
     bnb = pytest.importorskip("bitsandbytes")
-    from datamodules.errors import ConfigError
-    from lightning_modules.optim import build_optimizers
-    from lightning_modules.strategies import FSDP2Strategy
+    from adagrpo.datamodules.errors import ConfigError
+    from adagrpo.lightning_modules.optim import build_optimizers
+    from adagrpo.lightning_modules.strategies import FSDP2Strategy
 
     class Stub(nn.Module):
         def __init__(self, strategy) -> None:  # noqa: ANN001
@@ -127,7 +127,7 @@ def test_build_optimizers_rejects_8bit_adamw_under_fsdp2_strategy():
 def test_fsdp2_strategy_puts_every_process_in_one_data_parallel_group(monkeypatch, nodes, devices):
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    from lightning_modules.strategies import FSDP2Strategy
+    from adagrpo.lightning_modules.strategies import FSDP2Strategy
 
     strategy = FSDP2Strategy()
     assert isinstance(strategy, ModelParallelStrategy)

@@ -1,0 +1,1 @@
+"""The shipped YAML configs (package data: ``adagrpo.configs``). See :mod:`adagrpo.resources`."""
