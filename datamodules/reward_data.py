@@ -35,10 +35,16 @@ class ExposureBatch:
 class RewardDataModule(SeqRecDataModule):
     """Exposure logs for training and evaluating a reward model (a ranker).
 
-    Args (besides :class:`SeqRecDataModule`'s):
+    The other arguments are :class:`SeqRecDataModule`'s. With ``rl_users: heldout`` the held-out users' events
+    are dropped from the *training* log (the logging policy itself is unchanged); validation and test logs keep
+    every user.
+
+    Args:
         exposure: where the logs come from (``class_path`` of an
             :class:`~adagrpo.datamodules.exposure.ExposureSpec`); default: the synthetic world's own logging
             policy for the synthetic source, simulated exposure (popularity^α + co-occurrence) otherwise.
+        batch_size: per-process batch size of training (exposure rows).
+        eval_batch_size: per-process batch size of validation and test.
     """
 
     def __init__(
@@ -49,6 +55,9 @@ class RewardDataModule(SeqRecDataModule):
         split: Literal["leave_one_out", "ratio"] = "leave_one_out",
         ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
         max_history: int = 20,
+        rl_users: Literal["all", "heldout"] = "all",
+        heldout_fraction: float = 0.2,
+        heldout_seed: int = 0,
         batch_size: int = 256,
         eval_batch_size: int = 512,
         max_eval_samples: int | None = None,
@@ -58,7 +67,8 @@ class RewardDataModule(SeqRecDataModule):
         use_cache: bool = True,
     ) -> None:
         super().__init__(source=source, sids=sids, split=split, ratios=ratios, max_history=max_history,
-                         train_mode="sft", batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         train_mode="sft", rl_users=rl_users, heldout_fraction=heldout_fraction,
+                         heldout_seed=heldout_seed, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          max_eval_samples=max_eval_samples, max_test_samples=max_test_samples,
                          num_workers=num_workers, seed=seed, use_cache=use_cache)
         self.exposure_spec = exposure
@@ -73,6 +83,9 @@ class RewardDataModule(SeqRecDataModule):
             spec = WorldExposure() if getattr(self.source, "world", None) is not None else SimulatedExposure()
             self.exposure_spec = spec
         self.logs = spec.build(self.data, self.split.train_end, self.source)
+        heldout = self.split.heldout_mask()
+        if heldout.any():  # no held-out user's event trains the reward model
+            self.logs.train = self.logs.train.select(~heldout[self.logs.train.user])
 
     # ---------------------------------------------------------------------------------- batches
     def exposure_batch(self, log: ExposureLog, rows: list[int] | np.ndarray) -> ExposureBatch:
@@ -126,5 +139,6 @@ class RewardDataModule(SeqRecDataModule):
             **{f"{name}_events": len(getattr(self.logs, name)) for name in ("train", "val", "test")},
             "train_positive_rate": self.logs.train.positive_rate(),
             "unbiased_events": len(self.logs.unbiased) if self.logs.unbiased is not None else 0,
+            "heldout_users": int(self.split.heldout_mask().sum()),
         }
         return out

@@ -22,7 +22,7 @@ from adagrpo.datamodules.catalog import Interactions
 from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.semantic_ids import SemanticIds, SidBuilder, SidVocab
 from adagrpo.datamodules.sources import DataSource
-from adagrpo.datamodules.splits import Split, leave_one_out, ratio_split
+from adagrpo.datamodules.splits import Split, leave_one_out, ratio_split, with_heldout_users
 from adagrpo.datamodules.trie import CatalogTrie
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,17 @@ class SeqRecDataModule(L.LightningDataModule):
         max_history: most recent items kept in a history.
         train_mode: ``sft`` (windows, every item a target) or ``prompts`` (history → next item, for RL).
         rl_prompts: ``all`` training positions as RL prompts, or only each user's ``last`` one.
-        batch_size, eval_batch_size: per-process batch sizes.
+        rl_users: whose training positions are RL prompts. ``all``: every user's (the positions SFT and the reward
+            model were fit on, so rollout diagnostics are in-sample). ``heldout``: a seeded slice of users
+            (``heldout_fraction``, ``heldout_seed``) is held out of model fitting — their events make no SFT
+            window, no reward-model training event and no interaction-based SID — and RL prompts come only from
+            them. Validation and test targets stay every user's. Every data config of one pipeline (SFT, reward,
+            RL) must use the same three settings.
+        heldout_fraction: share of users held out with ``rl_users: heldout``.
+        heldout_seed: seeds which users are held out (independent of ``seed``, so RL runs with other training
+            seeds keep the slice their SFT and reward model were fit without).
+        batch_size: per-process batch size of training.
+        eval_batch_size: per-process batch size of validation, test and predict.
         max_eval_samples: cap on validation prompts (a seeded random subset; None = all).
         max_test_samples: cap on test prompts (None = all).
         num_workers: DataLoader workers.
@@ -176,6 +186,9 @@ class SeqRecDataModule(L.LightningDataModule):
         max_history: int = 20,
         train_mode: Literal["sft", "prompts"] = "sft",
         rl_prompts: Literal["all", "last"] = "all",
+        rl_users: Literal["all", "heldout"] = "all",
+        heldout_fraction: float = 0.2,
+        heldout_seed: int = 0,
         batch_size: int = 128,
         eval_batch_size: int = 256,
         max_eval_samples: int | None = None,
@@ -196,6 +209,12 @@ class SeqRecDataModule(L.LightningDataModule):
             raise ConfigError("data.train_mode", f"must be sft or prompts, got {train_mode!r}")
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("data.batch_size", "batch sizes must be >= 1")
+        if rl_prompts not in ("all", "last"):
+            raise ConfigError("data.rl_prompts", f"must be all or last, got {rl_prompts!r}")
+        if rl_users not in ("all", "heldout"):
+            raise ConfigError("data.rl_users", f"must be all or heldout, got {rl_users!r}")
+        if rl_users == "heldout" and not 0 < heldout_fraction < 1:
+            raise ConfigError("data.heldout_fraction", f"must be in (0, 1) with rl_users: heldout, got {heldout_fraction}")
         if source is None:
             from adagrpo.datamodules.synthetic import SyntheticSource
 
@@ -211,6 +230,9 @@ class SeqRecDataModule(L.LightningDataModule):
         self.max_history = max_history
         self.train_mode = train_mode
         self.rl_prompts = rl_prompts
+        self.rl_users = rl_users
+        self.heldout_fraction = heldout_fraction
+        self.heldout_seed = heldout_seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_eval_samples = max_eval_samples
@@ -234,7 +256,10 @@ class SeqRecDataModule(L.LightningDataModule):
         # The split first: SIDs from interactions (collaborative embeddings) may only see training prefixes.
         self.split = leave_one_out(self.data) if self.split_name == "leave_one_out" else ratio_split(
             self.data, self.ratios)  # type: ignore[arg-type]
-        self.sids = self.sid_builder.build(self.data, use_cache=self.use_cache, train_end=self.split.train_end)
+        if self.rl_users == "heldout":
+            self.split = with_heldout_users(self.split, self.heldout_fraction, self.heldout_seed)
+        # Held-out users' events shape no SIDs either (fit_end = 0 for them).
+        self.sids = self.sid_builder.build(self.data, use_cache=self.use_cache, train_end=self.split.fit_end())
         self.vocab = self.sids.vocab()
         self.trie = CatalogTrie(self.sids.codes, self.sids.codebook_sizes)
         self.item_tokens = self.vocab.encode(self.sids.codes)  # [N, L]
@@ -263,22 +288,28 @@ class SeqRecDataModule(L.LightningDataModule):
     def _build_matrices(self) -> None:
         data, split, h = self.data, self.split, self.max_history
         seqs = data.sequences()
+        heldout = split.heldout_mask()  # [U]
+        fit_end = split.fit_end()  # [U] 0 for held-out users: they make no SFT window
         # SFT windows over each training prefix: size h+1, stride h, so every item but a user's first is
         # a target exactly once and sees up to h items of context.
-        windows = []
+        windows, window_users = [], []
         for u, seq in enumerate(seqs):
-            train = seq[: split.train_end[u]]
+            train = seq[: fit_end[u]]
             if len(train) < 2:
                 continue
             end = len(train)
             while end > 1:
                 start = max(0, end - (h + 1))
                 windows.append(train[start:end])
+                window_users.append(u)
                 end = start + 1
         self.sft_windows = _left_pad(windows, h + 1)  # [W, h+1]
-        # RL prompts: (user, position) over training prefixes.
+        self.sft_window_users = np.asarray(window_users, dtype=np.int64)  # [W] whose prefix each window is from
+        # RL prompts: (user, position) over training prefixes (only the held-out users' with rl_users: heldout).
         rl = []
         for u in range(data.num_users):
+            if self.rl_users == "heldout" and not heldout[u]:
+                continue
             end = int(split.train_end[u])
             positions = range(1, end) if self.rl_prompts == "all" else ([end - 1] if end >= 2 else [])
             rl.extend((u, p) for p in positions)
@@ -404,6 +435,7 @@ class SeqRecDataModule(L.LightningDataModule):
             "trie_bytes": self.trie.nbytes(),
             "sft_windows": int(len(self.sft_windows)),
             "rl_prompts": int(len(self.rl_targets)),
+            "heldout_users": int(self.split.heldout_mask().sum()),
             "val_targets": int(len(self.val_targets)),
             "test_targets": int(len(self.test_targets)),
         }

@@ -6,7 +6,7 @@ A split yields, per user, the training prefix (for SFT and RL prompts) and evalu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,11 +17,40 @@ from adagrpo.datamodules.errors import ConfigError
 @dataclass
 class Split:
     """``train_end[u]``: the training prefix of user ``u`` is ``seq[:train_end[u]]``.
-    ``val`` / ``test``: ``[M, 2]`` arrays of ``(user, position)`` targets."""
+    ``val`` / ``test``: ``[M, 2]`` arrays of ``(user, position)`` targets.
+    ``heldout``: ``[U]`` bool, users whose training prefixes no model is fit on (SFT windows, reward-model
+    training logs, interaction-based SIDs); they supply the RL prompts of ``rl_users: heldout``. ``None`` = none."""
 
     train_end: np.ndarray  # [U]
     val: np.ndarray  # [Mv, 2]
     test: np.ndarray  # [Mt, 2]
+    heldout: np.ndarray | None = None  # [U] bool
+
+    def heldout_mask(self) -> np.ndarray:
+        """``[U]`` bool: the held-out users (all False when there are none)."""
+        return np.zeros(len(self.train_end), dtype=bool) if self.heldout is None else self.heldout
+
+    def fit_end(self) -> np.ndarray:
+        """``[U]``: where the prefix that models are fit on ends — ``train_end``, or 0 for held-out users."""
+        return np.where(self.heldout_mask(), 0, self.train_end)
+
+
+def heldout_users(num_users: int, fraction: float, seed: int) -> np.ndarray:
+    """``[U]`` bool: a seeded random ``round(fraction · U)`` users (at least one, never all)."""
+    if not 0 < fraction < 1:
+        raise ConfigError("data.heldout_fraction", f"must be in (0, 1), got {fraction}")
+    n = min(num_users - 1, max(1, int(round(fraction * num_users))))
+    if n < 1:
+        raise ConfigError("data.heldout_fraction", f"cannot hold out users from {num_users} user(s); need >= 2")
+    mask = np.zeros(num_users, dtype=bool)
+    mask[np.random.default_rng(seed).choice(num_users, n, replace=False)] = True
+    return mask
+
+
+def with_heldout_users(split: Split, fraction: float, seed: int) -> Split:
+    """``split`` with a seeded slice of users held out of model fitting (see :class:`Split`); their
+    validation and test targets stay (evaluation covers everyone)."""
+    return replace(split, heldout=heldout_users(len(split.train_end), fraction, seed))
 
 
 def leave_one_out(data: Interactions) -> Split:
