@@ -13,6 +13,18 @@ values are computed once, with gradients, and shared by the group.
 
 All generation settings are explicit arguments (:class:`DecodingConfig`); nothing is read from a
 model's ``generation_config``.
+
+**Seen-item exclusion.** ``generate(..., exclude=history)`` never returns an item listed in a row's
+``exclude`` (e.g. the user's history ``[B, H]``, -1 padded). It is exact and has no dead ends: a
+prefix stays allowed only while at least one catalogue item below it is not excluded, so a beam never
+walks into a subtree whose every item is excluded (:class:`ExclusionMask`; per row and level it
+compares the excluded items' ancestors with the subtree sizes, ``[B, H]`` work, then ``[B, K, H]``
+per step — never a catalogue-sized tensor per row). Beam scores stay the sequence's full-vocabulary
+log-prob, so filtered beam search ranks the remaining items exactly as unfiltered search does, minus
+the excluded ones; per-token ``logprobs`` are renormalised over what stays allowed. A row whose
+remaining items are fewer than the beams returns dead beams (item -1, ``valid`` False, score -inf),
+as a small catalogue does. ``exclude [B, S, H]`` decodes ``S`` variants (e.g. unfiltered and
+filtered) from one prefill of the prompt: ``S`` groups of ``K`` beams share the user's cache row.
 """
 
 from __future__ import annotations
@@ -68,7 +80,8 @@ class Candidates:
     ``valid``: ``[B, K]``; ``scores``: ``[B, K]`` sum of the chosen tokens' full-vocabulary log-probs
     (the beam-search ranking score, as HF ``generate`` computes it; -inf for impossible beams);
     ``logprobs``: ``[B, K, L]`` per-token log-probs on the support decoded from (renormalised over
-    the trie's allowed codes when constrained), at temperature 1.
+    the trie's allowed codes when constrained, and without excluded items), at temperature 1.
+    With ``exclude [B, S, H]`` every field gains a variant dimension after ``B``: ``[B, S, K, ...]``.
     """
 
     tokens: torch.Tensor
@@ -116,6 +129,32 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+@dataclass
+class ExclusionMask:
+    """Excluded items of ``R`` rows, as the trie nodes to block at each level.
+
+    ``parent[l]``/``code[l]``: ``[R, H]``; entry ``h`` says "below the node ``parent`` (depth ``l-1``;
+    the root is 0) do not take ``code``", because every catalogue item below that child is excluded.
+    ``parent`` is -2 where nothing is blocked (a state is never below -1, so it never matches).
+    """
+
+    parent: list[torch.Tensor]
+    code: list[torch.Tensor]
+
+    def blocked(self, state: torch.Tensor, level: int, width: int, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool ``[R, K, width]``: columns blocked after the prefixes ``state [R, K]`` (True = excluded).
+
+        ``columns`` maps a code of ``level`` to its column (the vocabulary's token ids, for unconstrained
+        decoding); by default the column is the code itself.
+        """
+        r, k = state.shape
+        match = self.parent[level][:, None, :] == state[:, :, None]  # [R, K, H]
+        code = self.code[level] if columns is None else columns[self.code[level]]  # [R, H]
+        idx = torch.where(match, code[:, None, :], torch.full_like(match, width, dtype=torch.long))  # [R, K, H]
+        mask = torch.zeros(r, k, width + 1, dtype=torch.bool, device=state.device)
+        return mask.scatter_(2, idx, True)[..., :width]
+
+
 class DecodingEngine:
     """Beam search / sampling over a catalogue trie. ``trie`` and ``vocab`` come from the DataModule."""
 
@@ -129,6 +168,7 @@ class DecodingEngine:
         self.token_of = [t.clone() for t in vocab.token_of]
         self.level_of = vocab.level_of.clone()
         self.code_of = vocab.code_of.clone()
+        self._subtree: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def to(self, device: torch.device | str) -> DecodingEngine:
         device = torch.device(device)
@@ -137,6 +177,8 @@ class DecodingEngine:
             self.token_of = [t.to(device) for t in self.token_of]
             self.level_of = self.level_of.to(device)
             self.code_of = self.code_of.to(device)
+            if self._subtree is not None:
+                self._subtree = tuple([t.to(device) for t in part] for part in self._subtree)
             self._device = device
         return self
 
@@ -152,22 +194,68 @@ class DecodingEngine:
         codes = torch.stack([self.token_code(tokens[..., level], level) for level in range(self.depth)], -1)
         return self.trie.lookup(codes)
 
-    def _step_scores(
-        self, logits: torch.Tensor, state: torch.Tensor, level: int, constrained: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-candidate scores for one step.
+    def subtree_tables(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per depth ``l``: each item's node ``[N]``, each node's parent (depth ``l-1``; root 0) and its
+        number of catalogue items. Built once, on first use (``depth × N`` int64)."""
+        if self._subtree is None:
+            trie = self.trie
+            dev = trie.keys[0].device
+            parent = [keys // trie.radix for keys in trie.keys]  # keys are parent * radix + code
+            size = [torch.ones(len(trie.keys[-1]), dtype=torch.long, device=dev)]
+            for level in range(self.depth - 1, 0, -1):
+                size.insert(0, torch.zeros(len(trie.keys[level - 1]), dtype=torch.long, device=dev)
+                            .index_add_(0, parent[level], size[0]))
+            leaf = torch.empty(trie.num_items, dtype=torch.long, device=dev)
+            leaf[trie.leaf_item] = torch.arange(trie.num_items, device=dev)
+            node = [leaf]
+            for level in range(self.depth - 1, 0, -1):
+                node.insert(0, parent[level][node[0]])
+            self._subtree = (node, parent, size)
+        return self._subtree
 
-        Returns ``(full_lp, support_lp, ids)``: log-probs ``[..., C]`` under the full vocabulary
-        (-inf where disallowed) and under the decoding support (renormalised when constrained),
-        and the token id of each column ``[C]``.
+    def exclusion(self, exclude: torch.Tensor) -> ExclusionMask:
+        """:class:`ExclusionMask` of ``exclude [R, H]`` item ids (negative or out-of-range entries are padding;
+        repeats count once). A node is blocked once every catalogue item below it is excluded, so decoding
+        never enters a prefix with nothing left to return."""
+        node_of, parent_of, size_of = self.subtree_tables()
+        n = self.trie.num_items
+        x = exclude.long()
+        x = torch.where((x >= 0) & (x < n), x, torch.full_like(x, -1)).sort(1).values  # [R, H]
+        ok = x >= 0
+        ok[:, 1:] &= x[:, 1:] != x[:, :-1]  # distinct excluded items
+        x = x.clamp_min(0)
+        parents, codes = [], []
+        for level in range(self.depth):
+            node = node_of[level][x]  # [R, H] each excluded item's node at this depth
+            same = (node[:, :, None] == node[:, None, :]) & ok[:, None, :]  # [R, H, H]
+            full = ok & (same.sum(-1) == size_of[level][node])  # every item below the node is excluded
+            parents.append(torch.where(full, parent_of[level][node], torch.full_like(node, -2)))
+            codes.append(self.trie.node_code[level][node])
+        return ExclusionMask(parents, codes)
+
+    def _step_scores(
+        self, logits: torch.Tensor, state: torch.Tensor, level: int, constrained: bool,
+        exclusion: ExclusionMask | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-candidate scores for one step (``logits [R, K, V]``, ``state [R, K]``).
+
+        Returns ``(full_lp, support_lp, ids)``: log-probs ``[R, K, C]`` under the full vocabulary
+        (-inf where disallowed or excluded) and under the decoding support (renormalised when
+        constrained or excluding), and the token id of each column ``[C]``.
         """
         full = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
         if not constrained:
             ids = torch.arange(full.shape[-1], device=full.device)
-            return full, full, ids
-        ids = self.token_of[level]  # [C]
-        allowed = self.trie.allowed(state, level)  # [..., C]
-        lp = full[..., ids].masked_fill(~allowed, -math.inf)  # [..., C]
+            if exclusion is None:
+                return full, full, ids
+            allowed = ~exclusion.blocked(state, level, full.shape[-1], self.token_of[level])  # [R, K, V]
+            lp = full.masked_fill(~allowed, -math.inf)
+        else:
+            ids = self.token_of[level]  # [C]
+            allowed = self.trie.allowed(state, level)  # [..., C]
+            if exclusion is not None:
+                allowed &= ~exclusion.blocked(state, level, allowed.shape[-1])
+            lp = full[..., ids].masked_fill(~allowed, -math.inf)  # [..., C]
         norm = torch.logsumexp(lp, dim=-1, keepdim=True)
         support = torch.where(allowed, lp - norm, torch.full_like(lp, -math.inf))
         return lp, support, ids
@@ -185,8 +273,14 @@ class DecodingEngine:
         position_ids: torch.Tensor,
         config: DecodingConfig,
         generator: torch.Generator | None = None,
+        exclude: torch.Tensor | None = None,
     ) -> Candidates:
-        """Decode ``config.num_candidates`` SIDs for each of ``B`` left-padded prompts ``[B, P]``."""
+        """Decode ``config.num_candidates`` SIDs for each of ``B`` left-padded prompts ``[B, P]``.
+
+        ``exclude``: item ids never to return, ``[B, H]`` (e.g. ``batch.history``; -1 = padding), or
+        ``[B, S, H]`` for ``S`` variants decoded from one prefill (an all -1 row = unfiltered); the
+        candidates then have shape ``[B, S, K, ...]``. Works in every mode, constrained or not.
+        """
         self.to(prompt_ids.device)
         b, p = prompt_ids.shape
         k, depth = config.num_candidates, self.depth
@@ -195,6 +289,10 @@ class DecodingEngine:
         real = prompt_mask.bool()
         n_real = real.long().sum(1)  # [B]
         beam = config.mode == "beam"
+        variants = exclude is not None and exclude.dim() == 3
+        s = exclude.shape[1] if variants else 1  # S groups of K beams per prompt, one cache row per prompt
+        r, sk = b * s, s * k  # selection rows (prompt × variant); beams per cache row
+        exclusion = None if exclude is None else self.exclusion(exclude.reshape(r, -1).to(dev))
 
         out = model(
             input_ids=prompt_ids,
@@ -207,59 +305,61 @@ class DecodingEngine:
         cache = getattr(out, cache_arg)
         logits = out.logits[:, -1]  # [B, V]
 
-        tokens = torch.zeros(b, k, depth, dtype=torch.long, device=dev)
-        logprobs = torch.zeros(b, k, depth, device=dev)
-        scores = torch.zeros(b, k, device=dev)
-        state = self.trie.root(b)[:, None].expand(b, k).contiguous()  # [B, K]
-        ancestors = torch.zeros(b, k, 0, dtype=torch.long, device=dev)  # cache columns of each beam's tokens
-        rows = torch.arange(b, device=dev)[:, None]
+        tokens = torch.zeros(r, k, depth, dtype=torch.long, device=dev)
+        logprobs = torch.zeros(r, k, depth, device=dev)
+        scores = torch.zeros(r, k, device=dev)
+        state = self.trie.root(r)[:, None].expand(r, k).contiguous()  # [R, K]
+        ancestors = torch.zeros(r, k, 0, dtype=torch.long, device=dev)  # cache columns of each beam's tokens
+        rows = torch.arange(r, device=dev)[:, None]
 
         for level in range(depth):
             if level > 0:
-                cols = p + (level - 1) * k + torch.arange(k, device=dev)  # [K] columns of the fed tokens
-                width = p + level * k
-                see = torch.zeros(b, k, width, dtype=torch.bool, device=dev)
+                cols = p + (level - 1) * sk + torch.arange(sk, device=dev)  # [S*K] columns of the fed tokens
+                width = p + level * sk
+                see = torch.zeros(b, sk, width, dtype=torch.bool, device=dev)
                 see[:, :, :p] = real[:, None, :]
-                own = torch.cat([ancestors, cols.expand(b, k)[..., None]], dim=-1)  # [B, K, level]
-                see.scatter_(2, own, True)
+                own = torch.cat([ancestors.reshape(b, sk, level - 1), cols.expand(b, sk)[..., None]], dim=-1)
+                see.scatter_(2, own, True)  # [B, S*K, width]
                 out = model(
-                    input_ids=tokens[:, :, level - 1],
+                    input_ids=tokens[:, :, level - 1].reshape(b, sk),
                     attention_mask=additive_mask(see, dtype),
-                    position_ids=(n_real[:, None] + level - 1).expand(b, k),
+                    position_ids=(n_real[:, None] + level - 1).expand(b, sk),
                     use_cache=True,
                     **{cache_arg: cache},
                 )
                 cache = getattr(out, cache_arg)
-                logits = out.logits  # [B, K, V]
-                ancestors = own
+                logits = out.logits.reshape(r, k, -1)  # [R, K, V]
+                ancestors = own.reshape(r, k, level)
                 step_state = state
             else:
-                logits = logits[:, None]  # [B, 1, V]: one shared distribution before the first token
+                # one shared distribution before the first token: [R, 1, V]
+                logits = logits[:, None] if s == 1 else logits[:, None].expand(b, s, -1).reshape(r, 1, -1)
                 step_state = state[:, :1]
-            full_lp, support_lp, ids = self._step_scores(logits, step_state, level, config.constrained)
+            full_lp, support_lp, ids = self._step_scores(logits, step_state, level, config.constrained, exclusion)
             c = full_lp.shape[-1]
             if beam:
-                total = scores[:, : full_lp.shape[1], None] + full_lp  # [B, K or 1, C]
-                total = total.reshape(b, -1)
+                total = scores[:, : full_lp.shape[1], None] + full_lp  # [R, K or 1, C]
+                total = total.reshape(r, -1)
                 if total.shape[1] < k:  # fewer continuations than beams (tiny catalogue): pad dead beams
-                    total = torch.cat([total, total.new_full((b, k - total.shape[1]), -math.inf)], 1)
-                top, flat = torch.topk(total, k, dim=1)  # [B, K]
+                    total = torch.cat([total, total.new_full((r, k - total.shape[1]), -math.inf)], 1)
+                top, flat = torch.topk(total, k, dim=1)  # [R, K]
                 flat = flat.clamp_max(full_lp.shape[1] * c - 1)
                 parent, col = flat // c, flat % c
                 scores = top
             else:
-                logits_t = torch.log_softmax(logits.float(), -1) if not config.constrained else full_lp
+                exact = config.constrained or exclusion is not None
+                logits_t = full_lp if exact else torch.log_softmax(logits.float(), -1)
                 draw = _sample(logits_t / config.temperature, k if level == 0 else 1, config.top_k, generator)
-                col = draw.reshape(b, k)  # [B, K]
-                parent = torch.arange(k, device=dev).expand(b, k) if level > 0 else torch.zeros_like(col)
-                scores = scores.gather(1, parent) + full_lp.reshape(b, -1, c)[rows, parent, col]
+                col = draw.reshape(r, k)  # [R, K]
+                parent = torch.arange(k, device=dev).expand(r, k) if level > 0 else torch.zeros_like(col)
+                scores = scores.gather(1, parent) + full_lp.reshape(r, -1, c)[rows, parent, col]
             # Re-index every per-beam record by parent, then append this step's choice.
             tokens = tokens[rows, parent]
             logprobs = logprobs[rows, parent]
             state = state[rows, parent]
             ancestors = ancestors[rows, parent]
             tokens[:, :, level] = ids[col]
-            logprobs[:, :, level] = support_lp.reshape(b, -1, c)[rows, parent, col]
+            logprobs[:, :, level] = support_lp.reshape(r, -1, c)[rows, parent, col]
             state = self._advance(state, tokens[:, :, level], level)
             # A padded (impossible) beam may point at a real code: it stays dead, never an item.
             state = torch.where(torch.isfinite(scores), state, torch.full_like(state, -1))
@@ -267,6 +367,9 @@ class DecodingEngine:
         items = torch.where(state >= 0, self.trie.leaf_item[state.clamp_min(0)], torch.full_like(state, -1))
         valid = (items >= 0) & torch.isfinite(scores)
         items = torch.where(valid, items, torch.full_like(items, -1))
+        if variants:
+            tokens, logprobs = tokens.reshape(b, s, k, depth), logprobs.reshape(b, s, k, depth)
+            items, valid, scores = items.reshape(b, s, k), valid.reshape(b, s, k), scores.reshape(b, s, k)
         return Candidates(tokens=tokens, items=items, valid=valid, scores=scores, logprobs=logprobs)
 
 
@@ -342,28 +445,35 @@ def token_logprobs(
     tokens: torch.Tensor,
     engine: DecodingEngine | None = None,
     constrained: bool = False,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-prob of each token ``[B, G, L]`` under ``logits [B, G, L, V]``.
 
     With ``constrained`` the distribution at each step is renormalised over the codes the trie
     allows after the candidate's prefix (the support constrained decoding samples from). Tokens
-    outside that support get -inf.
+    outside that support get -inf. With ``exclude [B, H]`` (constrained only) the support also
+    drops the excluded items, as ``engine.generate(..., exclude=...)`` samples from.
     """
     logits = logits.float()
     if not constrained:
         return torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
     assert engine is not None, "constrained log-probs need the decoding engine's trie"
     engine.to(tokens.device)
+    exclusion = None if exclude is None else engine.exclusion(exclude.to(tokens.device))
     out = []
     state = engine.trie.root(tokens[..., 0].numel()).reshape(tokens.shape[:-1])  # [B, G]
     for level in range(tokens.shape[-1]):
         ids = engine.token_of[level]  # [C]
         allowed = engine.trie.allowed(state, level)  # [B, G, C]
+        if exclusion is not None:
+            allowed &= ~exclusion.blocked(state, level, allowed.shape[-1])
         lv = logits[..., level, :][..., ids].masked_fill(~allowed, -math.inf)  # [B, G, C]
         lp = lv - torch.logsumexp(lv, -1, keepdim=True)
         code = engine.token_code(tokens[..., level], level)  # [B, G]
         ok = (code >= 0) & (state >= 0)  # a wrong-level token or a dead prefix: -inf, never NaN
         picked = lp.gather(-1, code.clamp_min(0)[..., None]).squeeze(-1)
+        if exclusion is not None:  # an excluded token (or a prefix with nothing left): -inf, never NaN
+            ok &= allowed.gather(-1, code.clamp_min(0)[..., None]).squeeze(-1)
         out.append(torch.where(ok, picked, torch.full_like(picked, -math.inf)))
         state = engine.trie.step(state, code, level)
     return torch.stack(out, -1)  # [B, G, L]

@@ -336,3 +336,110 @@ def test_unconstrained_decoding_marks_invalid_sids(world, mode):
     if mode == "beam":
         for r in range(4):
             assert len({tuple(t) for t in out.tokens[r].tolist()}) == 10  # distinct beams
+
+
+# ------------------------------------------------------------------------------------------------ (e) seen-item exclusion
+
+
+def seen_sets(w: World, ids, mask, pos, h: int = 16, seed: int = 3) -> torch.Tensor:
+    """``[B, H]`` exclusion lists that bite: each row's unfiltered top-4 items, every item of one first-level
+    subtree (a dead end the search must avoid), a repeat and -1 padding."""
+    top = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", 4, constrained=True)).items  # [B, 4]
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for r in range(len(ids)):
+        code0 = int(w.codes[int(top[r, 0]), 0])
+        subtree = [i for i in range(len(w.codes)) if int(w.codes[i, 0]) == code0]
+        extra = torch.randint(len(w.codes), (3,), generator=gen).tolist()
+        row = list(dict.fromkeys(top[r].tolist() + subtree + extra))[: h - 2] + [int(top[r, 0])]  # a repeat
+        rows.append(row + [-1] * (h - len(row)))
+    return torch.tensor(rows)
+
+
+def brute_force_top(w: World, ids, mask, pos, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` items by full-vocabulary sequence log-prob among every catalogue item not in ``exclude``."""
+    b, n = len(ids), len(w.item_tokens)
+    every = w.item_tokens[None].expand(b, n, -1)  # [B, N, L]
+    with torch.no_grad():
+        seq = token_logprobs(candidate_logits(w.model, ids, mask, pos, every), every).sum(-1)  # [B, N]
+    seen = torch.zeros(b, n, dtype=torch.bool)
+    for r in range(b):
+        seen[r, [i for i in exclude[r].tolist() if i >= 0]] = True
+    top = seq.masked_fill(seen, -math.inf).topk(k, dim=1)
+    return top.indices, top.values
+
+
+def test_filtered_beam_search_matches_brute_force(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 3, 5], 9, seed=7)
+    exclude = seen_sets(w, ids, mask, pos)
+    n = len(w.item_tokens)
+    # A beam as wide as the catalogue keeps every prefix at every level: the search is exact.
+    out = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", n, constrained=True), exclude=exclude)
+    for r in range(len(ids)):
+        kept = {i for i in range(n)} - set(exclude[r].tolist())
+        assert sorted(out.items[r][out.valid[r]].tolist()) == sorted(kept)  # every other item, each once
+        assert (out.items[r, len(kept):] == -1).all() and torch.isneginf(out.scores[r, len(kept):]).all()
+    ref_items, ref_scores = brute_force_top(w, ids, mask, pos, exclude, 10)
+    assert out.items[:, :10].tolist() == ref_items.tolist()
+    torch.testing.assert_close(out.scores[:, :10], ref_scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["beam", "sample"])
+@pytest.mark.parametrize("constrained", [True, False])
+def test_filter_never_returns_a_seen_item(world, mode, constrained):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 3, 5, 1], 9, seed=8)
+    exclude = seen_sets(w, ids, mask, pos)
+    config = DecodingConfig(mode, 12, constrained=constrained, temperature=2.0)
+    gen = torch.Generator().manual_seed(0)
+    out = w.engine.generate(w.model, ids, mask, pos, config, generator=gen, exclude=exclude)
+    check_candidates(w, out, 4, 12)
+    hits = (out.items[:, :, None] == exclude[:, None, :]) & (out.items[:, :, None] >= 0)
+    assert not hits.any()
+    if constrained:  # no dead ends: every beam / sample ends on an unseen catalogue item
+        assert out.valid.all() and torch.isfinite(out.scores).all() and torch.isfinite(out.logprobs).all()
+    if mode == "beam" and constrained:
+        for r in range(4):
+            assert len(set(out.items[r].tolist())) == 12
+    if mode == "sample" and constrained:  # the per-token log-probs are those of the filtered support
+        logits = candidate_logits(w.model, ids, mask, pos, out.tokens)
+        lp = token_logprobs(logits, out.tokens, w.engine, constrained=True, exclude=exclude)
+        torch.testing.assert_close(out.logprobs, lp, atol=1e-4, rtol=0)
+
+
+def test_exclusion_leaves_fewer_items_than_beams():
+    w = World(torch.tensor([[0, 1, 2], [0, 1, 3], [2, 0, 0], [2, 0, 1], [3, 3, 3]]))
+    ids, mask, pos = make_prompts(w.vocab, [0, 2, 1, 0], 6)
+    exclude = torch.tensor([[0, 2, 3, -1], [0, 1, 2, 4], [4, 1, 2, 0], [0, 1, 2, 3]])
+    left = [{1, 4}, {3}, {3}, {4}]  # row 1: items 2 and 3 share the prefix (2, 0); 2 is seen, 3 is not
+    for mode in ("beam", "sample"):
+        out = w.engine.generate(w.model, ids, mask, pos, DecodingConfig(mode, 3, constrained=True), exclude=exclude)
+        for r in range(4):
+            got = out.items[r][out.valid[r]].tolist()
+            assert got and set(got) <= left[r]
+            if mode == "beam":  # each remaining item once, then dead beams
+                assert sorted(got) == sorted(left[r])
+                assert torch.isneginf(out.scores[r, len(got):]).all() and (out.items[r, len(got):] == -1).all()
+            else:  # samples never run into a dead end
+                assert out.valid[r].all()
+    everything = torch.arange(5)[None].expand(4, 5)
+    out = w.engine.generate(w.model, ids, mask, pos, DecodingConfig("beam", 3, constrained=True), exclude=everything)
+    assert not out.valid.any() and (out.items == -1).all()
+
+
+def test_variants_share_one_prefill_and_match_separate_calls(world):
+    w = world
+    ids, mask, pos = make_prompts(w.vocab, [0, 3, 5], 9, seed=9)
+    exclude = seen_sets(w, ids, mask, pos)
+    config = DecodingConfig("beam", 8, constrained=True)
+    both = w.engine.generate(w.model, ids, mask, pos, config,
+                             exclude=torch.stack([torch.full_like(exclude, -1), exclude], 1))  # [B, 2, H]
+    plain = w.engine.generate(w.model, ids, mask, pos, config)
+    filtered = w.engine.generate(w.model, ids, mask, pos, config, exclude=exclude)
+    assert both.items.shape == (3, 2, 8) and both.tokens.shape == (3, 2, 8, 3)
+    for s, ref in enumerate([plain, filtered]):
+        assert both.items[:, s].tolist() == ref.items.tolist()
+        torch.testing.assert_close(both.scores[:, s], ref.scores, atol=1e-4, rtol=0)
+        torch.testing.assert_close(both.logprobs[:, s], ref.logprobs, atol=1e-4, rtol=0)
+    assert both.items[:, 0].tolist() != both.items[:, 1].tolist()  # the filter changed the lists
