@@ -44,6 +44,8 @@ class PolicyModule(L.LightningModule):
         ks: HR/NDCG cut-offs.
         val_unconstrained / test_unconstrained: also evaluate unconstrained decoding (hallucination).
         test_prefix: metric prefix of ``test`` (``adagrpo test --checkpoint last`` sets ``test_last``).
+        val_filter_seen / test_filter_seen: also rank with each user's history excluded from decoding and log
+            ``<stage>/filtered/…`` beside the unfiltered metrics (the two share one prefill).
     """
 
     def __init__(
@@ -56,6 +58,8 @@ class PolicyModule(L.LightningModule):
         val_unconstrained: bool = False,
         test_unconstrained: bool = True,
         test_prefix: str = "test",
+        val_filter_seen: bool = True,
+        test_filter_seen: bool = True,
     ) -> None:
         super().__init__()
         self.test_prefix = test_prefix
@@ -66,6 +70,8 @@ class PolicyModule(L.LightningModule):
         self.ks = tuple(ks)
         self.val_unconstrained = val_unconstrained
         self.test_unconstrained = test_unconstrained
+        self.val_filter_seen = val_filter_seen
+        self.test_filter_seen = test_filter_seen
         self.policy: nn.Module | None = None
         self.data: SeqRecDataModule | None = None
 
@@ -82,8 +88,10 @@ class PolicyModule(L.LightningModule):
             self._pending_signature = None
         self.engine = DecodingEngine(data.trie, data.vocab)
         self.register_buffer("popularity", data.train_popularity(), persistent=False)
-        self.val_eval = Evaluator(data.num_items, self.ks, self.beam_width, self.val_unconstrained, mostpop=True)
-        self.test_eval = Evaluator(data.num_items, self.ks, self.beam_width, self.test_unconstrained, mostpop=True)
+        self.val_eval = Evaluator(data.num_items, self.ks, self.beam_width, self.val_unconstrained, mostpop=True,
+                                  filter_seen=self.val_filter_seen)
+        self.test_eval = Evaluator(data.num_items, self.ks, self.beam_width, self.test_unconstrained, mostpop=True,
+                                   filter_seen=self.test_filter_seen)
 
     #: the DataModule's ``train_mode`` this module trains on (None: any)
     required_train_mode: str | None = None

@@ -1,5 +1,6 @@
 """Evaluation shared by every stage: beam search → HR@K, NDCG@K, hallucination, coverage, popularity,
-a most-popular baseline in the same pass, and the true utility where the data has a ground truth."""
+the repeat rate, a most-popular baseline in the same pass, and the true utility where the data has a
+ground truth — each ranking metric also with the user's seen items filtered out (``…/filtered/…``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ class Evaluator(nn.Module):
         beam_width: candidates decoded per user.
         unconstrained: also decode without the trie (hallucination rate, unconstrained HR/NDCG).
         mostpop: score the most-popular baseline on the same users.
-        k: cut-off for coverage, mean popularity and true utility.
+        k: cut-off for coverage, mean popularity, the repeat rate and true utility.
+        filter_seen: also rank with the user's history excluded from decoding (``<stage>/filtered/…``):
+            the unfiltered and the filtered beams come from one prefill of the prompt.
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class Evaluator(nn.Module):
         unconstrained: bool = True,
         mostpop: bool = True,
         k: int = 10,
+        filter_seen: bool = True,
     ) -> None:
         super().__init__()
         self.ks = tuple(ks)
@@ -50,6 +54,12 @@ class Evaluator(nn.Module):
         self.true_utility = MeanValue()
         self.true_hit = MeanValue()
         self.repeats = MeanValue()
+        self.filter_seen = filter_seen
+        if filter_seen:
+            self.f_rank = RankingMetrics(ks)
+            self.f_true_utility = MeanValue()
+            self.f_true_hit = MeanValue()
+            self.target_seen = MeanValue()
 
     @torch.no_grad()
     def update(
@@ -65,10 +75,16 @@ class Evaluator(nn.Module):
         ``oracle``: optional true utility ``[B, N]`` (-inf on items the user already has).
         """
         args = (model, batch.prompt_ids, batch.prompt_mask, batch.position_ids)
-        cands = engine.generate(*args, DecodingConfig("beam", self.beam_width, constrained=True))
-        ranked = cands.items  # [B, W]
+        config = DecodingConfig("beam", self.beam_width, constrained=True)
+        if self.filter_seen:  # [B, 2, W]: unfiltered, then without the history, from one prefill
+            both = engine.generate(*args, config, exclude=torch.stack([torch.full_like(batch.history, -1),
+                                                                        batch.history], 1))
+            ranked, valid, filtered = both.items[:, 0], both.valid[:, 0], both.items[:, 1]
+        else:
+            cands = engine.generate(*args, config)
+            ranked, valid = cands.items, cands.valid  # [B, W]
         self.rank.update(ranked, batch.target)
-        self.invalid.update(cands.valid)
+        self.invalid.update(valid)
         self.coverage.update(ranked)
         self.popularity.update(ranked, popularity)
         if self.unconstrained:
@@ -79,17 +95,18 @@ class Evaluator(nn.Module):
             top = torch.topk(popularity.float(), self.beam_width).indices  # [W]
             self.p_rank.update(top.expand(len(batch), -1), batch.target)
         top = ranked[:, : self.k]
-        in_history = (top[:, :, None] == batch.history[:, None, :]).any(-1) & (top >= 0)  # [B, k]
-        self.repeats.update(in_history.float().mean(1))
+        self.repeats.update(seen_share(top, batch.history))
         if oracle is not None:
-            util = oracle.gather(1, top.clamp_min(0))  # [B, k]; -inf for items the user already has
-            # An item the user already has is worth the least any item is worth to them; an invalid slot is skipped.
-            floor = oracle.masked_fill(~torch.isfinite(oracle), float("inf")).min(1, keepdim=True).values  # [B, 1]
-            util = torch.where(torch.isfinite(util), util, floor.expand_as(util))
-            util = util.masked_fill(top < 0, float("nan"))
-            self.true_utility.update(util.nanmean(1))
-            best = oracle.argmax(1)  # [B] the user's best unseen item
-            self.true_hit.update((top == best[:, None]).any(1).float())
+            utility, hit = true_value(top, oracle)
+            self.true_utility.update(utility)
+            self.true_hit.update(hit)
+        if self.filter_seen:
+            self.f_rank.update(filtered, batch.target)
+            self.target_seen.update((batch.target[:, None] == batch.history).any(1).float())
+            if oracle is not None:
+                utility, hit = true_value(filtered[:, : self.k], oracle)
+                self.f_true_utility.update(utility)
+                self.f_true_hit.update(hit)
         return ranked
 
     def compute(self, stage: str) -> dict[str, torch.Tensor]:
@@ -106,9 +123,33 @@ class Evaluator(nn.Module):
         if self.true_utility.count > 0:
             out[f"{stage}/true/utility_{self.k}"] = self.true_utility.compute()
             out[f"{stage}/true/hr_{self.k}"] = self.true_hit.compute()
+        if self.filter_seen:  # the same lists with the (visible) history excluded from decoding
+            out.update({f"{stage}/filtered/{n}": v for n, v in self.f_rank.compute().items()})
+            out[f"{stage}/target_seen_rate"] = self.target_seen.compute()  # targets a filtered list cannot hit
+            if self.f_true_utility.count > 0:
+                out[f"{stage}/filtered/true/utility_{self.k}"] = self.f_true_utility.compute()
+                out[f"{stage}/filtered/true/hr_{self.k}"] = self.f_true_hit.compute()
         return out
 
     def reset(self) -> None:
         for m in self.modules():
             if m is not self and hasattr(m, "reset"):
                 m.reset()
+
+
+def seen_share(top: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """Share ``[B]`` of the ``top [B, k]`` slots that hold an item of ``history [B, H]`` (-1 padded); an
+    empty slot (-1) counts as not seen."""
+    return ((top[:, :, None] == history[:, None, :]).any(-1) & (top >= 0)).float().mean(1)
+
+
+def true_value(top: torch.Tensor, oracle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean true utility ``[B]`` of the valid items in ``top [B, k]`` and whether the user's best unseen item is
+    among them ``[B]``, under ``oracle [B, N]`` (-inf on items the user already has)."""
+    util = oracle.gather(1, top.clamp_min(0))  # [B, k]; -inf for items the user already has
+    # An item the user already has is worth the least any item is worth to them; an invalid slot is skipped.
+    floor = oracle.masked_fill(~torch.isfinite(oracle), float("inf")).min(1, keepdim=True).values  # [B, 1]
+    util = torch.where(torch.isfinite(util), util, floor.expand_as(util))
+    util = util.masked_fill(top < 0, float("nan"))
+    best = oracle.argmax(1)  # [B] the user's best unseen item
+    return util.nanmean(1), (top == best[:, None]).any(1).float()
