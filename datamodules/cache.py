@@ -59,17 +59,24 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
-def cached(kind: str, key: Any, build: Callable[[], Any], root: Path | None = None) -> tuple[Any, Path, bool]:
+def cached(kind: str, key: Any, build: Callable[[], Any], root: Path | None = None,
+           check: Callable[[Any], bool] | None = None) -> tuple[Any, Path, bool]:
     """Return ``(value, path, hit)`` for ``key``; build and store the value on a miss.
 
-    ``value`` must be ``torch.save``-able (tensors, dicts, lists of plain values).
+    ``value`` must be ``torch.save``-able from tensors, dicts, lists and plain numbers/strings: entries are read
+    with ``weights_only=True``, so a file holding any other pickled object (a crafted one included) is refused
+    without running it, and rebuilt. ``check(value)`` tells a well-formed entry; one that fails it is rebuilt too.
     """
     path = (root or cache_root()) / f"{kind}-{key_hash(key)}.pt"
     if path.exists():
         try:
-            return torch.load(path, weights_only=False), path, True
-        except Exception as err:  # corrupt or from an incompatible version: rebuild, never trust it
-            log.warning("cache entry %s unreadable (%s); rebuilding", path, err)
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 — corrupt, refused or from an incompatible version: rebuild it
+            log.warning("cache entry %s unreadable (%s); rebuilding", path, str(err).strip().splitlines()[0][:200])
+        else:
+            if check is None or check(value):
+                return value, path, True
+            log.warning("cache entry %s holds unexpected contents (%s); rebuilding", path, type(value).__name__)
     value = build()
     atomic_torch_save(value, path)
     return value, path, False

@@ -249,9 +249,12 @@ class SidBuilder(ABC):
         dedup: ``auto`` (extra level only when needed), ``always``, or ``off`` (collisions are an error).
     """
 
-    def __init__(self, dedup: Literal["auto", "always", "off"] = "auto") -> None:
+    def __init__(self, dedup: Literal["auto", "always", "off"] | bool = "auto") -> None:
+        if dedup is False:  # YAML reads an unquoted `dedup: off` as false
+            dedup = "off"
         if dedup not in ("auto", "always", "off"):
-            raise ConfigError("dedup", f"must be one of auto/always/off, got {dedup!r}")
+            hint = " (YAML reads unquoted on/yes/true as a boolean)" if dedup is True else ""
+            raise ConfigError("dedup", f"must be one of auto/always/off, got {dedup!r}{hint}")
         self.dedup = dedup
 
     @abstractmethod
@@ -279,11 +282,17 @@ class SidBuilder(ABC):
             return {"codes": codes, "sizes": sizes, "report": report}
 
         if use_cache:
-            value, path, hit = cached("sids", key, make)
+            value, path, hit = cached("sids", key, make, check=_is_sid_entry)
             value["report"] = {**value["report"], "cache": str(path), "cache_hit": hit}
         else:
             value = make()
         return SemanticIds(value["codes"], value["sizes"], list(data.catalog.item_ids), value["report"])
+
+
+def _is_sid_entry(value: object) -> bool:
+    """A SID cache entry as :meth:`SidBuilder.build` stores it (anything else is rebuilt)."""
+    return (isinstance(value, dict) and isinstance(value.get("codes"), torch.Tensor)
+            and isinstance(value.get("sizes"), list) and isinstance(value.get("report"), dict))
 
 
 class RQKMeansSids(SidBuilder):
@@ -294,9 +303,12 @@ class RQKMeansSids(SidBuilder):
             a packaged sentence model with the ``[text]`` extra).
         levels: number of code levels before dedup.
         codebook_size: codes per level; capped for small catalogues when ``cap_small_catalogue``.
+        cap_small_catalogue: cap codes per level at ``max(4, ceil(4 · num_items^(1/levels)))`` (no dead codes).
         balanced: size-balanced cluster assignment (spreads items more evenly over codes).
         iters: k-means iterations per level.
         seed: seeds k-means++ initialisation.
+        dedup: ``auto`` adds a dedup level only when items collide, ``always`` always adds one, ``off`` refuses
+            collisions.
     """
 
     def __init__(
@@ -308,7 +320,7 @@ class RQKMeansSids(SidBuilder):
         balanced: bool = False,
         iters: int = 50,
         seed: int = 0,
-        dedup: Literal["auto", "always", "off"] = "auto",
+        dedup: Literal["auto", "always", "off"] | bool = "auto",
     ) -> None:
         super().__init__(dedup)
         if levels < 1 or levels > 8:
@@ -367,7 +379,7 @@ class IndexFileSids(SidBuilder):
             sequences use ASINs).
     """
 
-    def __init__(self, path: str, key_field: str | None = None, dedup: Literal["auto", "always", "off"] = "auto"):
+    def __init__(self, path: str, key_field: str | None = None, dedup: Literal["auto", "always", "off"] | bool = "auto"):
         super().__init__(dedup)
         self.path = str(path)
         self.key_field = key_field

@@ -17,8 +17,10 @@ from torch import nn
 
 from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sequence import PromptBatch, SeqRecDataModule
+from adagrpo.lightning_modules.checkpoint_io import IncompatibleCheckpoint, load_checkpoint
 from adagrpo.lightning_modules.decoding import DecodingEngine
 from adagrpo.lightning_modules.evaluation import Evaluator
+from adagrpo.lightning_modules.finite import FiniteSteps, NonFiniteTraining, nonfinite_parameters
 from adagrpo.lightning_modules.optim import build_optimizers
 from adagrpo.lightning_modules.policy import LlamaPolicy, PolicySpec
 from adagrpo.lightning_modules.sharding import gathered, shard_model
@@ -26,13 +28,13 @@ from adagrpo.lightning_modules.sharding import gathered, shard_model
 log = logging.getLogger(__name__)
 
 CKPT_KEY = "adagrpo"
+#: the non-finite counters (:class:`~adagrpo.lightning_modules.finite.FiniteGuard`) in a checkpoint
+FINITE_KEY = "adagrpo_nonfinite"
+
+__all__ = ["CKPT_KEY", "IncompatibleCheckpoint", "PolicyModule", "check_signature"]
 
 
-class IncompatibleCheckpoint(RuntimeError):
-    """A checkpoint does not fit the data or the model it is loaded into."""
-
-
-class PolicyModule(L.LightningModule):
+class PolicyModule(FiniteSteps, L.LightningModule):
     """Base for modules that train a causal-LM policy over semantic IDs.
 
     Args:
@@ -42,7 +44,8 @@ class PolicyModule(L.LightningModule):
         scheduler: e.g. :class:`~adagrpo.lightning_modules.schedules.WarmupCosine`, stepped every optimizer step.
         beam_width: candidates decoded per user in evaluation.
         ks: HR/NDCG cut-offs.
-        val_unconstrained / test_unconstrained: also evaluate unconstrained decoding (hallucination).
+        val_unconstrained: also evaluate unconstrained decoding (hallucination rate) in validation.
+        test_unconstrained: also evaluate unconstrained decoding (hallucination rate) in test.
         test_prefix: metric prefix of ``test`` (``adagrpo test --checkpoint last`` sets ``test_last``).
         val_filter_seen / test_filter_seen: also rank with each user's history excluded from decoding and log
             ``<stage>/filtered/…`` beside the unfiltered metrics (the two share one prefill).
@@ -81,6 +84,10 @@ class PolicyModule(L.LightningModule):
         if self.data is data:
             return
         data.prepare()
+        if self.beam_width > data.num_items:  # top-k over the catalogue (beams, the most-popular baseline) fails
+            raise ConfigError("model.init_args.beam_width",
+                              f"{self.beam_width} is larger than the catalogue ({data.num_items} items); "
+                              f"use at most {data.num_items}")
         self.data = data
         pending = getattr(self, "_pending_signature", None)
         if pending is not None:
@@ -163,22 +170,26 @@ class PolicyModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = nonfinite_parameters(self.policy) if self.policy is not None else []
+        if bad:  # never write (and so never record as best) a NaN/inf policy
+            raise NonFiniteTraining(
+                f"refusing to save a checkpoint at global step {self.global_step}: {len(bad)} policy tensors hold "
+                f"NaN/inf values (e.g. {', '.join(bad[:3])})")
         checkpoint[CKPT_KEY] = {**self.sid_signature(), "policy": self.policy_spec.describe(),
                                 "module": type(self).__name__}
+        checkpoint[FINITE_KEY] = self.finite_guard.state_dict()
 
     def check_checkpoint_file(self, path: str, data: SeqRecDataModule) -> None:
         """Raise :class:`IncompatibleCheckpoint` if the checkpoint file at ``path`` was trained on other semantic IDs
         than ``data``'s. The CLI calls this before the trainer starts: under FSDP2 (``ModelParallelStrategy``)
         Lightning loads a checkpoint's weights before :meth:`on_load_checkpoint`, so a vocabulary change would
         otherwise surface as a bare tensor-size error on every rank."""
-        try:  # memory-mapped: the weights are not read
-            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        except RuntimeError:  # not a zip-format file
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path, what="checkpoint (--ckpt_path)", mmap=True)  # the weights are not read
         self.attach(data)
         check_signature(checkpoint.get(CKPT_KEY), self.sid_signature(), str(path))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.finite_guard.load_state_dict(checkpoint.get(FINITE_KEY) or {})
         path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
         if self.data is None:  # loaded outside a Trainer: checked when a DataModule is attached
             self._pending_signature = (checkpoint.get(CKPT_KEY), path or "<checkpoint>")

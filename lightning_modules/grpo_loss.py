@@ -12,7 +12,10 @@ import torch
 def penalise_invalid(rewards: torch.Tensor, valid: torch.Tensor, penalty: float | None = None,
                      margin: float = 1.0) -> torch.Tensor:
     """Rewards ``[B, G]`` with invalid candidates replaced: by ``penalty`` if given, else by the group's
-    minimum valid reward minus ``margin`` (−margin when no candidate of the group is valid)."""
+    minimum valid reward minus ``margin`` (−margin when no candidate of the group is valid).
+
+    A NaN/inf reward counts as invalid: it gets the penalty and never enters the group minimum."""
+    valid = valid & torch.isfinite(rewards)  # [B, G]
     if penalty is not None:
         return torch.where(valid, rewards, torch.full_like(rewards, penalty))
     big = torch.finfo(rewards.dtype).max
@@ -26,9 +29,12 @@ def group_advantages(rewards: torch.Tensor, scale: Literal["group", "batch", "no
     """``A = (r - mean_group) / (std + eps)`` for ``rewards [B, G]``.
 
     ``scale``: ``group`` (std of the group; unbiased, as TRL), ``batch`` (std over the whole batch) or
-    ``none`` (centering only). A group whose rewards are all equal gets A = 0 exactly, never NaN.
+    ``none`` (centering only). A group whose rewards are all equal gets A = 0 exactly, never NaN; so does a
+    group holding a NaN/inf reward (it is dropped from the GRPO term, and from the ``batch`` std).
     Returns ``(advantages [B, G], zero_std [B])``.
     """
+    bad = ~torch.isfinite(rewards).all(1)  # [B] a group with a NaN/inf reward
+    rewards = torch.where(bad[:, None], torch.zeros_like(rewards), rewards)  # [B, G] (constant: A = 0 below)
     mean = rewards.mean(1, keepdim=True)  # [B, 1]
     centred = rewards - mean  # [B, G]
     g = rewards.shape[1]
@@ -37,12 +43,13 @@ def group_advantages(rewards: torch.Tensor, scale: Literal["group", "batch", "no
     if scale == "group":
         adv = centred / (std + eps)
     elif scale == "batch":
-        adv = centred / (rewards.std() + eps if rewards.numel() > 1 else eps)
+        kept = rewards[~bad]  # [B', G] the finite groups
+        adv = centred / (kept.std() + eps if kept.numel() > 1 else eps)
     elif scale == "none":
         adv = centred
     else:
         raise ValueError(f"scale must be group, batch or none, got {scale!r}")
-    return torch.where(zero[:, None], torch.zeros_like(adv), adv), zero
+    return torch.where(zero[:, None], torch.zeros_like(adv), adv), zero  # bad groups are constant: in zero
 
 
 @dataclass

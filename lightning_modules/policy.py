@@ -227,7 +227,9 @@ def export_checkpoint(checkpoint: str, out: str) -> dict:
     import json
     from pathlib import Path
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from adagrpo.lightning_modules.checkpoint_io import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint, what="checkpoint (--checkpoint)")
     info = ckpt.get("adagrpo")
     if not info or "policy" not in info:
         raise ConfigError("checkpoint", f"{checkpoint} is not an adagrpo policy checkpoint (SFT or GRPO)")

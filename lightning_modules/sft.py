@@ -23,13 +23,14 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class SFTModule(PolicyModule):
-    required_train_mode = "sft"
-
     """Trains the policy on history windows: every item after a window's first is a target, and the
     loss is the mean NLL over all their SID tokens. Evaluation (constrained beam search, plus
     unconstrained decoding for the hallucination rate) comes from :class:`PolicyModule`; arguments too."""
 
-    def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
+    #: SFT trains on history windows (``configs/data/<name>.yaml``)
+    required_train_mode = "sft"
+
+    def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor | None:
         start = time.perf_counter()
         # The same NaN-safe causal mask as decoding (padding rows attend to themselves).
         mask = additive_mask(prompt_attention(batch.attention_mask.bool()), model_dtype(self.policy))
@@ -39,7 +40,9 @@ class SFTModule(PolicyModule):
             position_ids=batch.position_ids,
             use_cache=False,
         )
-        loss = sft_loss(out.logits, batch.labels)
+        loss = self.finite_loss(sft_loss(out.logits, batch.labels))
+        if loss is None:  # NaN/inf: counted and skipped (Lightning runs no backward and changes no parameter)
+            return None
         n_tokens = (batch.labels != -100).sum()
         self.log("loss/nll", loss, prog_bar=True, batch_size=len(batch))
         self.log("perf/tokens", n_tokens.float(), reduce_fx="sum", batch_size=len(batch))

@@ -1,0 +1,29 @@
+"""Fixtures of the reliability tests: a tiny RL DataModule on the conftest world and a two-step SFT checkpoint."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+from reliability_helpers import TINY, quiet_trainer, world_kwargs
+
+from adagrpo import datamodules
+from adagrpo.lightning_modules.policy import LlamaPolicy
+from adagrpo.lightning_modules.sft import SFTModule
+
+
+@pytest.fixture(scope="session")
+def rl_dm():
+    dm = datamodules.SeqRecDataModule(**world_kwargs(), train_mode="prompts", batch_size=8, eval_batch_size=32)
+    dm.prepare()
+    return dm
+
+
+@pytest.fixture(scope="session")
+def sft_ckpt(tiny_world_dm, tmp_path_factory) -> str:
+    L.seed_everything(0)
+    module = SFTModule(policy=LlamaPolicy(**TINY))
+    trainer = quiet_trainer(max_steps=2)
+    trainer.fit(module, datamodule=tiny_world_dm)
+    path = tmp_path_factory.mktemp("sft") / "sft.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
