@@ -1,7 +1,8 @@
 """``adagrpo compare``: a table of the runs of one MLflow experiment, and the retrieval–validity frontier.
 
 For each run: HR@K / NDCG@K and the unconstrained hallucination rate of the best checkpoint (``test/…``)
-and of the final one (``test_last/…``), the mean gate open rate and rollout reward over training, and
+and of the final one (``test_last/…``), where logged the true HR@10 (synthetic world), the seen-filtered HR@10s
+and the repeat rate, the mean gate open rate and rollout reward over training, and
 the balancer/gates that label it. Runs named ``<variant>-s<seed>`` are grouped per variant (mean ± std); of
 several runs with one name, the latest counts. With ``paired=<variant>`` a second table gives each variant's
 per-seed differences to that baseline (mean ± std over the seeds both ran): the seed moves every variant that
@@ -26,6 +27,17 @@ COLUMNS = [
     ("final HR@10", "test_last/hr_10"),
     ("final NDCG@10", "test_last/ndcg_10"),
     ("final halluc.", "test_last/hallucination"),
+]
+#: shown when some run has them: the true utility (synthetic world), the seen-filtered ranking and the repeat rate
+SEEN_COLUMNS = [
+    ("best true HR@10", "test/true/hr_10"),
+    ("final true HR@10", "test_last/true/hr_10"),
+    ("best filt. HR@10", "test/filtered/hr_10"),
+    ("final filt. HR@10", "test_last/filtered/hr_10"),
+    ("best filt. true HR@10", "test/filtered/true/hr_10"),
+    ("final filt. true HR@10", "test_last/filtered/true/hr_10"),
+    ("best repeat@10", "test/repeat_rate_10"),
+    ("final repeat@10", "test_last/repeat_rate_10"),
 ]
 HISTORY_COLUMNS = [("gate open", "gate/open_rate"), ("reward", "reward/mean")]
 SEED_SUFFIX = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
@@ -82,7 +94,7 @@ def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: lis
         latest.setdefault(run.data.tags.get("mlflow.runName", run.info.run_id), (client, run))
     if not latest:
         raise CompareError(f"experiment {experiment!r} has no runs yet")
-    keys = [k for _, k in COLUMNS] + list(extra_metrics or [])
+    keys = [k for _, k in COLUMNS + SEEN_COLUMNS] + list(extra_metrics or [])
     rows = []
     for client, run in latest.values():
         metrics = run.data.metrics
@@ -227,10 +239,11 @@ def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str |
     """The printed table(s), the CSVs written (``compare.csv``, then ``compare_paired_<variant>.csv``) and the
     frontier plot."""
     rows = collect(experiment, tracking_uri, metrics, also_from)
-    keys = COLUMNS + HISTORY_COLUMNS + [(m, m) for m in metrics or []]
+    columns = COLUMNS + [c for c in SEEN_COLUMNS if any(c[1] in r.values for r in rows)]
+    keys = columns + HISTORY_COLUMNS + [(m, m) for m in metrics or []]
     entries = aggregate(rows, [k for _, k in keys])
     table = format_table(entries, keys)
-    diff_keys = COLUMNS + [(m, m) for m in metrics or []]
+    diff_keys = columns + [(m, m) for m in metrics or []]
     diffs = paired(rows, paired_with, [k for _, k in diff_keys]) if paired_with is not None else None  # may raise
     out = Path(out_dir) if out_dir else Path(os.environ.get("ADAGRPO_RUNS", "runs")) / experiment
     outputs = [write_csv(entries, keys, out / "compare.csv")]

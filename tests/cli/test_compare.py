@@ -136,3 +136,25 @@ def test_cli_unknown_paired_variant_fails_cleanly(tmp_path, capsys):
     assert exit_.value.code == 1
     assert "--paired 'missing': no such variant (variants: ['sft'])" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written before the error
+
+
+def test_table_shows_true_filtered_and_repeat_columns_that_some_run_logged(tmp_path, capsys):
+    store = make_store(tmp_path / "a.db", {
+        "sft": {"test/hr_10": 0.30, "test/true/hr_10": 0.70, "test/filtered/hr_10": 0.33,
+                "test/filtered/true/hr_10": 0.80, "test/repeat_rate_10": 0.25},
+        "ada-s0": {"test/hr_10": 0.31, "test/repeat_rate_10": 0.10},  # logged before the filter existed
+    })
+    rc = main(["compare", "--experiment", EXP, "--tracking-uri", store, "--out", str(tmp_path / "out"), "--no-mlflow"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    header = next(line for line in out.splitlines() if line.startswith("variant"))
+    titles = re.split(r"\s{2,}", header.strip())
+    assert titles[2:5] == ["best HR@10", "best NDCG@10", "best halluc."]  # today's columns first, unchanged
+    for title in ("best true HR@10", "best filt. HR@10", "best filt. true HR@10", "best repeat@10"):
+        assert title in titles
+    assert "final true HR@10" not in titles  # no run has test_last/... metrics: no empty columns
+    sft = next(line for line in out.splitlines() if line.startswith("sft"))
+    cells = dict(zip(titles, re.split(r"\s{2,}", sft.strip())))
+    assert cells["best filt. true HR@10"] == "0.8000" and cells["best repeat@10"] == "0.2500"
+    ada = next(line for line in out.splitlines() if line.startswith("ada"))
+    assert dict(zip(titles, re.split(r"\s{2,}", ada.strip())))["best filt. HR@10"] == "-"
