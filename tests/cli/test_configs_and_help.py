@@ -1,0 +1,170 @@
+"""The CLI documents itself and every shipped YAML parses.
+
+* every argument of every configurable class has its own help line (``adagrpo fit --model.help …``);
+* every shipped YAML parses against its class signature, without instantiating anything: experiments as
+  whole ``fit`` configs, trainer overlays on top of the experiment their header names, and fragments
+  (data, SIDs, sources, policies, optimizers) by their own ``class_path``;
+* ``--print_config`` prints the configuration that runs (MLflow experiment and run names filled in).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import Strategy
+
+from adagrpo.cli import main
+from adagrpo.resources import config_root
+
+ROOT = config_root()
+SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.yaml"))
+CLI_KEYS = {"trainer", "model", "data", "seed_everything", "experiment", "run_name", "ckpt_path", "optimizer",
+            "lr_scheduler", "checkpoint", "allow_untrained"}
+
+
+def configurable_classes() -> list[type]:
+    """The classes a user configures by ``class_path`` (modules, data, callbacks and everything they take),
+    not the data containers they pass around."""
+    from adagrpo import callbacks, datamodules, lightning_modules
+    from adagrpo.datamodules.embeddings import ItemEmbeddings
+    from adagrpo.datamodules.exposure import ExposureSpec
+    from adagrpo.datamodules.semantic_ids import SidBuilder
+    from adagrpo.datamodules.sources import DataSource
+    from adagrpo.lightning_modules.balancers import Balancer
+    from adagrpo.lightning_modules.decoding import DecodingConfig
+    from adagrpo.lightning_modules.policy import PolicySpec
+    from adagrpo.lightning_modules.reward import RewardModel
+    from adagrpo.lightning_modules.schedules import WarmupCosine
+    from adagrpo.lightning_modules.strategies import FSDP2Strategy
+
+    bases = (L.LightningModule, L.LightningDataModule, Callback, Strategy, PolicySpec, RewardModel, Balancer,
+             DataSource, SidBuilder, ItemEmbeddings, ExposureSpec, WarmupCosine, DecodingConfig)
+    found = {FSDP2Strategy}
+    for pkg in (lightning_modules, callbacks, datamodules):
+        for name in pkg.__all__:
+            obj = getattr(pkg, name)
+            if inspect.isclass(obj) and issubclass(obj, bases):
+                found.add(obj)
+    return sorted(found, key=lambda c: f"{c.__module__}.{c.__name__}")
+
+
+@pytest.mark.parametrize("cls", configurable_classes(), ids=lambda c: c.__name__)
+def test_every_argument_has_its_own_help(cls):
+    from jsonargparse._parameter_resolvers import get_signature_parameters
+
+    assert inspect.getdoc(cls), f"{cls.__qualname__} has no class docstring (is it placed after an attribute?)"
+    params = get_signature_parameters(cls)
+    undocumented = [p.name for p in params if not (p.doc or "").strip()]
+    assert not undocumented, f"{cls.__module__}.{cls.__qualname__}: no help for {undocumented}"
+
+
+def test_model_help_shows_each_argument(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.help", "adagrpo.lightning_modules.GRPOModule"])
+    assert exit_info.value.code == 0
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
+    for fragment in ("--model.init_from INIT_FROM the SFT checkpoint",  # the class docstring is found
+                     "--model.temperature TEMPERATURE sampling temperature",  # split from "temperature, top_k"
+                     "--model.top_k TOP_K sample among the k most likely",
+                     "--model.epsilon_high EPSILON_HIGH upper PPO clip",
+                     "--model.beam_width BEAM_WIDTH candidates decoded per user"):
+        assert fragment in out, f"missing help: {fragment!r}"
+
+
+def kind(rel: str) -> str:
+    text = yaml.safe_load((ROOT / rel).read_text()) or {}
+    if "class_path" in text:
+        return "fragment"
+    if set(text) <= CLI_KEYS:
+        return "experiment" if "model" in text and "class_path" in (text["model"] or {}) else "overlay"
+    return "unknown"
+
+
+def test_every_shipped_yaml_is_covered():
+    assert len(SHIPPED) > 40
+    unknown = [rel for rel in SHIPPED if kind(rel) == "unknown"]
+    assert not unknown, f"shipped YAMLs that are neither a fit config, an overlay nor a class_path fragment: {unknown}"
+
+
+def print_config(args: list[str], capsys) -> dict:  # noqa: ANN001
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code in (0, None), captured.err[-2000:]
+    return yaml.safe_load(captured.out)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """An empty working directory; the CLI's record-folder variables restored afterwards."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ADAGRPO_EXPERIMENT", "")
+    monkeypatch.setenv("ADAGRPO_RECORD_DIR", "")
+    monkeypatch.delenv("ADAGRPO_RUNS", raising=False)
+    return tmp_path
+
+
+def overlay_base(rel: str) -> str:
+    """The experiment an overlay's header applies it to (``--config configs/experiments/X.yaml``), else SFT."""
+    m = re.search(r"--config\s+(configs/experiments/[\w.\-]+\.yaml)", (ROOT / rel).read_text())
+    return m.group(1) if m else "configs/experiments/sft.yaml"
+
+
+@pytest.mark.parametrize("rel", [r for r in SHIPPED if kind(r) in ("experiment", "overlay")])
+def test_fit_configs_parse_and_print_what_runs(rel, isolated, capsys):
+    if kind(rel) == "experiment":
+        args, source = ["--config", f"configs/{rel}"], yaml.safe_load((ROOT / rel).read_text())
+    else:
+        base = overlay_base(rel)
+        args = ["--config", base, "--config", f"configs/{rel}"]
+        source = yaml.safe_load(Path(ROOT / base.removeprefix("configs/")).read_text())
+    cfg = print_config(args, capsys)
+    experiment, run_name = cfg["experiment"], cfg["run_name"] or "fit"
+    assert experiment == source.get("experiment", "default")
+    assert cfg["trainer"]["default_root_dir"] == f"runs/{experiment}/{run_name}"
+    loggers = cfg["trainer"]["logger"]
+    for lg in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(lg, dict) and lg["class_path"].endswith("MLFlowLogger"):
+            assert (lg["init_args"]["experiment_name"], lg["init_args"]["run_name"]) == (experiment, run_name)
+
+
+def test_print_config_shows_the_run_name_of_the_command_line(isolated, capsys):
+    cfg = print_config(["--config", "configs/experiments/adagrpo.yaml", "--experiment", "study",
+                        "--run_name", "adagrpo-s3"], capsys)
+    logger = cfg["trainer"]["logger"]
+    logger = logger[0] if isinstance(logger, list) else logger
+    assert logger["init_args"]["experiment_name"] == "study"
+    assert logger["init_args"]["run_name"] == "adagrpo-s3"
+    assert cfg["trainer"]["default_root_dir"] == "runs/study/adagrpo-s3"
+
+
+@pytest.mark.parametrize("rel", [r for r in SHIPPED if kind(r) == "fragment"])
+def test_fragments_parse_against_their_class(rel, isolated, capsys):
+    from jsonargparse import ArgumentParser
+
+    class_path = yaml.safe_load((ROOT / rel).read_text())["class_path"]
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as err:
+        if err.name and not err.name.startswith("adagrpo"):
+            pytest.skip(f"{class_path} needs {err.name}, not installed here")
+        raise
+    if issubclass(cls, torch.optim.Optimizer):  # a module's ``optimizer:`` (a callable of the parameters)
+        cfg = print_config(["--config", "configs/experiments/sft.yaml", "--model.init_args.optimizer",
+                            f"configs/{rel}"], capsys)  # from an empty folder: the shipped file is found
+        assert cfg["model"]["init_args"]["optimizer"]["class_path"] == class_path
+        return
+    parser = ArgumentParser(parser_mode="omegaconf", exit_on_error=False)
+    parser.add_subclass_arguments(cls, "fragment", required=True)
+    cfg = parser.parse_args(["--fragment", str(ROOT / rel)])
+    parsed_module, _, parsed_name = cfg.fragment.class_path.rpartition(".")
+    assert getattr(importlib.import_module(parsed_module), parsed_name) is cls
