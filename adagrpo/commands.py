@@ -61,7 +61,7 @@ def cmd_prepare(argv: list[str]) -> int:
         report = dm.report()
     except (DataError, ConfigError) as err:
         print(f"adagrpo prepare: {err}", file=sys.stderr)
-        return 1
+        return 2
     out = Path(args.out or Path("runs") / "prepared" / report["dataset"])
     paths = dm.write_outputs(out)
     report["outputs"] = {k: str(v) for k, v in paths.items()}
@@ -147,21 +147,31 @@ def cmd_compare(argv: list[str]) -> int:
 def cmd_analyze(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="adagrpo analyze",
-        description="Stratified analysis: split test users by the SFT policy's difficulty and the reward model's "
-        "discriminability (the gates' diagnostics) and compare HR@K per stratum between SFT and RL policies.")
+        description="Stratified analysis: group the test users by what is known before their test item — AdaGRPO's "
+        "gates on their training prompts (SFT policy + reward model), history popularity and length, and on the "
+        "synthetic world whether the reward model orders their rollout groups more like the truth than the policy "
+        "— and compare HR@K (seen-filtered and true metrics where available) per stratum between SFT and RL "
+        "policies. --post-hoc adds the old strata defined by the test item itself, labelled as such.")
     parser.add_argument("--data", required=True, help="data config, e.g. configs/data/synthetic_rl.yaml")
-    parser.add_argument("--sft", required=True, help="SFT checkpoint (defines the strata)")
-    parser.add_argument("--reward", required=True, help="reward-model checkpoint (defines the strata)")
+    parser.add_argument("--sft", required=True, help="SFT checkpoint (its diagnostics define the gate strata)")
+    parser.add_argument("--reward", required=True, help="reward-model checkpoint (its diagnostics define the gate strata)")
     parser.add_argument("--policy", action="append", default=[], metavar="NAME=CKPT",
                         help="an RL checkpoint to compare (repeatable), e.g. grpo=runs/x/grpo/best.ckpt")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--group", type=int, default=16, help="rollout group size for the diagnostics")
     parser.add_argument("--difficulty-rank", type=float, default=2.0,
-                        help="uncertain when y*'s rank in the SFT group is >= this (2 = not top-1)")
-    parser.add_argument("--auc-threshold", type=float, default=0.8, help="discriminative when the RM's AUC >= this")
+                        help="the difficulty gate admits when y*'s rank in the SFT group is >= this (2 = not top-1)")
+    parser.add_argument("--auc-threshold", type=float, default=0.8,
+                        help="the discriminability gate admits when the reward model's AUC of y* vs negatives >= this")
+    parser.add_argument("--train-prompts", type=int, default=5,
+                        help="the gates are run on each user's last N training prompts")
+    parser.add_argument("--post-hoc", action="store_true",
+                        help="also the strata defined by the test item (the 2x2 cell of the test prompt), labelled "
+                        "post-hoc: no gate can select them before the outcome")
     parser.add_argument("--max-users", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out", default="runs/analysis")
-    parser.add_argument("--experiment", default=None, help="also log the table and heatmap to this MLflow experiment")
+    parser.add_argument("--experiment", default=None, help="also log the tables and the plot to this MLflow experiment")
     args = parser.parse_args(argv)
     import json as _json
 
@@ -170,6 +180,11 @@ def cmd_analyze(argv: list[str]) -> int:
     from adagrpo.lightning_modules.base import IncompatibleCheckpoint
     from adagrpo.lightning_modules.reward import TrainedReward
 
+    for flag, value in (("--train-prompts", args.train_prompts), ("--group", args.group), ("--k", args.k),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            print(f"adagrpo analyze: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
     try:
         dm = load_datamodule(args.data)
         dm.prepare()
@@ -182,18 +197,22 @@ def cmd_analyze(argv: list[str]) -> int:
             policies[name] = load_policy(path, dm)
         result = stratified_analysis(dm, policies["sft"], policies, TrainedReward(args.reward), k=args.k,
                                      group=args.group, difficulty_rank=args.difficulty_rank,
-                                     auc_threshold=args.auc_threshold, max_users=args.max_users)
+                                     auc_threshold=args.auc_threshold, train_prompts=args.train_prompts,
+                                     post_hoc=args.post_hoc, max_users=args.max_users, batch_size=args.batch_size)
     except (IncompatibleCheckpoint, FileNotFoundError, DataError, ConfigError) as err:
         print(f"adagrpo analyze: {err}", file=sys.stderr)
         return 1
-    rows = result.table()
-    names = list(policies)
-    table = format_strata(rows, names, args.k)
+    result.settings.update({"sft": args.sft, "reward": args.reward, "data": args.data})
+    table = format_strata(result)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "strata.json").write_text(_json.dumps(rows, indent=2))
-    (out / "strata.txt").write_text(table + "\n")
-    png = plot_strata(rows, names, out / "strata.png", args.k, f"HR@{args.k} by stratum ({dm.data.name})")
+    files = {"strata.json": _json.dumps(result.table(), indent=2),  # flat: stratum, users, HR@K per policy
+             "strata_full.json": _json.dumps(result.to_json(), indent=2),  # every metric, family and definition
+             "strata.txt": table + "\n"}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    png = plot_strata(result, out / "strata.png", f"HR@{args.k} by stratum ({dm.data.name}, {len(result.targets)} "
+                      "test users)")
     if args.experiment:
         import mlflow
 
@@ -202,13 +221,14 @@ def cmd_analyze(argv: list[str]) -> int:
         mlflow.set_tracking_uri(tracking_uri_default())
         mlflow.set_experiment(args.experiment)
         with mlflow.start_run(run_name="stratified-analysis"):
-            for f in ("strata.json", "strata.txt", "strata.png"):
+            for f in (*files, "strata.png"):
                 mlflow.log_artifact(str(out / f))
             mlflow.set_tag("adagrpo.kind", "analysis")
     print(table)
-    print(f"\nstrata: rows = SFT policy certain/uncertain (y* its top-1 of {args.group} or not), "
-          f"columns = reward model noisy/discriminative (AUC of r* vs negatives < or >= {args.auc_threshold})")
-    print(f"wrote {out / 'strata.json'}, {png}")
+    print(f"\nstrata marked [pre-outcome] are defined without the test item (gates on the last {args.train_prompts} "
+          f"training prompts: difficulty rank >= {args.difficulty_rank:g} AND reward AUC >= {args.auc_threshold:g}, "
+          f"group {args.group})" + ("; the post-hoc strata are defined by it" if args.post_hoc else ""))
+    print(f"wrote {out / 'strata.json'}, {out / 'strata_full.json'}, {out / 'strata.txt'}, {png}")
     return 0
 
 
@@ -283,16 +303,17 @@ def cmd_export(argv: list[str]) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     from adagrpo.datamodules.errors import ConfigError
+    from adagrpo.lightning_modules.checkpoint_io import IncompatibleCheckpoint
     from adagrpo.lightning_modules.policy import export_checkpoint
 
     if not Path(args.checkpoint).exists():
         print(f"adagrpo export: checkpoint not found: {args.checkpoint}", file=sys.stderr)
-        return 1
+        return 2
     try:
         record = export_checkpoint(args.checkpoint, args.out)
-    except ConfigError as err:
+    except (ConfigError, IncompatibleCheckpoint) as err:
         print(f"adagrpo export: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {args.out} ({record['dataset']}, {record['num_items']} items, SIDs {record['sid_fingerprint']})")
     return 0
 
@@ -302,7 +323,10 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "quickstart": ("the whole method on the synthetic world: SFT, reward model, GRPO vs AdaGRPO, comparison",
                    cmd_quickstart),
     "compare": ("compare the runs of an MLflow experiment (table, CSV, HR@10–hallucination frontier)", cmd_compare),
-    "analyze": ("stratified analysis: HR@K by policy difficulty × reward discriminability", cmd_analyze),
+    "analyze": ("stratified analysis: HR@K per stratum of pre-outcome user strata (gates on training prompts, "
+                "history popularity/length, truth)", cmd_analyze),
     "ablate": ("run a grid of experiment configs × seeds, then compare", cmd_ablate),
+    "calibrate": ("does a synthetic world express the premise? information gap, reward vs policy, gate rates",
+                  lambda argv: __import__("adagrpo.calibrate", fromlist=["cmd_calibrate"]).cmd_calibrate(argv)),
     "export": ("write a trained policy as a transformers save_pretrained folder", cmd_export),
 }

@@ -280,16 +280,23 @@ def test_analyze_strata_table_and_heatmap(cli_world, monkeypatch, capsys):
     outcome = run_cli(["analyze", "--data", str(data_cfg), "--sft", str(runs / "sft" / "best.ckpt"),
                        "--reward", str(runs / "reward" / "best.ckpt"),
                        "--policy", f"adagrpo={runs / 'adagrpo' / 'best.ckpt'}", "--group", "4", "--max-users", "40",
-                       "--out", str(out_dir), "--experiment", EXPERIMENT])
+                       "--train-prompts", "2", "--post-hoc", "--out", str(out_dir), "--experiment", EXPERIMENT])
     out = capsys.readouterr().out
     assert outcome.rc == 0, outcome
-    rows = json.loads((out_dir / "strata.json").read_text())
-    assert [r["stratum"] for r in rows][:4] == ["certain·noisy", "certain·discriminative", "uncertain·noisy",
-                                                "uncertain·discriminative"]
-    assert sum(r["users"] for r in rows[:4]) == rows[4]["users"] == 40  # every user in exactly one stratum
-    assert all(0.0 <= r["sft"] <= 1.0 for r in rows if r["users"])
+    full = json.loads((out_dir / "strata_full.json").read_text())
+    keys = [f["key"] for f in full["families"]]
+    assert keys == ["gate_share", "gate_cell_last", "history_popularity", "history_length", "truth_concordance",
+                    "post_hoc_cell"]
+    assert [f["pre_outcome"] for f in full["families"]] == [True] * 5 + [False]
+    for key in keys:  # every user in exactly one stratum (or 'undefined') of every family
+        assert sum(r["users"] for r in full["rows"] if r["family"] == key) == 40, key
+    assert full["rows"][-1]["stratum"] == "all" and full["rows"][-1]["users"] == 40
+    flat = json.loads((out_dir / "strata.json").read_text())  # what benchmarks/strata_paired.py reads
+    assert all(set(r) == {"stratum", "users", "sft", "adagrpo"} for r in flat)
+    assert all(0.0 <= r["sft"] <= 1.0 for r in flat if r["users"])
+    assert any("post-hoc (defined by the test item)" in r["stratum"] for r in flat)
     assert (out_dir / "strata.png").stat().st_size > 1000
-    assert "adagrpo − sft" in out
+    assert "adagrpo − sft" in out and "[pre-outcome]" in out and "true HR@10" in out
 
 
 def test_analyze_refuses_a_checkpoint_from_other_data(cli_world, monkeypatch, capsys):
