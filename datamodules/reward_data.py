@@ -10,10 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.exposure import ExposureLog, ExposureSpec, ExposureSplits, SimulatedExposure, WorldExposure
 from adagrpo.datamodules.semantic_ids import SidBuilder
 from adagrpo.datamodules.sequence import SeqRecDataModule, _left_pad, _Rows
 from adagrpo.datamodules.sources import DataSource
+from adagrpo.datamodules.splits import user_folds
 
 
 @dataclass
@@ -43,6 +45,12 @@ class RewardDataModule(SeqRecDataModule):
         exposure: where the logs come from (``class_path`` of an
             :class:`~adagrpo.datamodules.exposure.ExposureSpec`); default: the synthetic world's own logging
             policy for the synthetic source, simulated exposure (popularity^α + co-occurrence) otherwise.
+        crossfit_folds: cross-fitting: split the users into this many seeded folds (``crossfit_seed``) and drop the
+            training events of the users of fold ``crossfit_fold``; train one reward model per fold and score with
+            :class:`~adagrpo.lightning_modules.crossfit.CrossFitReward` (same folds and seed), so every user is
+            scored by a model that never trained on them. ``None``: no cross-fitting.
+        crossfit_fold: the fold left out of this model's training log (``0 .. crossfit_folds-1``).
+        crossfit_seed: seeds the fold assignment.
         batch_size: per-process batch size of training (exposure rows).
         eval_batch_size: per-process batch size of validation and test.
     """
@@ -58,6 +66,9 @@ class RewardDataModule(SeqRecDataModule):
         rl_users: Literal["all", "heldout"] = "all",
         heldout_fraction: float = 0.2,
         heldout_seed: int = 0,
+        crossfit_folds: int | None = None,
+        crossfit_fold: int = 0,
+        crossfit_seed: int = 0,
         batch_size: int = 256,
         eval_batch_size: int = 512,
         max_eval_samples: int | None = None,
@@ -71,6 +82,14 @@ class RewardDataModule(SeqRecDataModule):
                          heldout_seed=heldout_seed, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          max_eval_samples=max_eval_samples, max_test_samples=max_test_samples,
                          num_workers=num_workers, seed=seed, use_cache=use_cache)
+        if crossfit_folds is not None:
+            if crossfit_folds < 2:
+                raise ConfigError("data.crossfit_folds", f"must be >= 2 (or null for no cross-fitting), got {crossfit_folds}")
+            if not 0 <= crossfit_fold < crossfit_folds:
+                raise ConfigError("data.crossfit_fold", f"must be in 0..{crossfit_folds - 1}, got {crossfit_fold}")
+        self.crossfit_folds = crossfit_folds
+        self.crossfit_fold = crossfit_fold
+        self.crossfit_seed = crossfit_seed
         self.exposure_spec = exposure
         self.logs: ExposureSplits | None = None
 
@@ -86,6 +105,9 @@ class RewardDataModule(SeqRecDataModule):
         heldout = self.split.heldout_mask()
         if heldout.any():  # no held-out user's event trains the reward model
             self.logs.train = self.logs.train.select(~heldout[self.logs.train.user])
+        if self.crossfit_folds is not None:  # this model never trains on the users of its left-out fold
+            fold = user_folds(self.data.num_users, self.crossfit_folds, self.crossfit_seed)
+            self.logs.train = self.logs.train.select(fold[self.logs.train.user] != self.crossfit_fold)
 
     # ---------------------------------------------------------------------------------- batches
     def exposure_batch(self, log: ExposureLog, rows: list[int] | np.ndarray) -> ExposureBatch:
@@ -140,5 +162,7 @@ class RewardDataModule(SeqRecDataModule):
             "train_positive_rate": self.logs.train.positive_rate(),
             "unbiased_events": len(self.logs.unbiased) if self.logs.unbiased is not None else 0,
             "heldout_users": int(self.split.heldout_mask().sum()),
+            "crossfit": None if self.crossfit_folds is None else f"fold {self.crossfit_fold} of {self.crossfit_folds} "
+                                                                  f"left out (seed {self.crossfit_seed})",
         }
         return out

@@ -87,3 +87,16 @@ def ratio_split(data: Interactions, ratios: tuple[float, float, float] = (0.8, 0
         test.extend((u, p) for p in range(int(val_end[u]), int(lengths[u])))
     return Split(train_end=train_end, val=np.asarray(val, dtype=np.int64).reshape(-1, 2),
                  test=np.asarray(test, dtype=np.int64).reshape(-1, 2))
+
+
+def user_folds(num_users: int, folds: int, seed: int) -> np.ndarray:
+    """``[U]`` int: each user's cross-fitting fold in ``0 .. folds-1`` (a seeded permutation cut into near-equal
+    folds). The reward data's ``crossfit_*`` options and :class:`~adagrpo.lightning_modules.crossfit.CrossFitReward`
+    call this with the same ``folds`` and ``seed``, so each user is scored by the model trained without them."""
+    if folds < 2:
+        raise ConfigError("crossfit_folds", f"must be >= 2, got {folds}")
+    if folds > num_users:
+        raise ConfigError("crossfit_folds", f"{folds} folds for {num_users} users: every fold needs a user")
+    out = np.empty(num_users, dtype=np.int64)
+    out[np.random.default_rng(seed).permutation(num_users)] = np.arange(num_users) % folds
+    return out
