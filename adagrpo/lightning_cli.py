@@ -262,8 +262,15 @@ class AdaGRPOCLI(LightningCLI):
                 init["run_id"] = record["mlflow_run_id"]
 
 
-def run_lightning_cli(argv: list[str]) -> AdaGRPOCLI:
+def run_lightning_cli(argv: list[str]) -> AdaGRPOCLI | None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if argv[0] == "predict":  # recommendations to a file (adagrpo.predict), not Trainer.predict
+        from adagrpo.predict import cmd_predict
+
+        code = cmd_predict(argv[1:])
+        if code:
+            sys.exit(code)
+        return None
     start = time.perf_counter()
     cli = AdaGRPOCLI(
         model_class=L.LightningModule,
