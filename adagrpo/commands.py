@@ -154,7 +154,14 @@ def cmd_analyze(argv: list[str]) -> int:
         "policies. --post-hoc adds the old strata defined by the test item itself, labelled as such.")
     parser.add_argument("--data", required=True, help="data config, e.g. configs/data/synthetic_rl.yaml")
     parser.add_argument("--sft", required=True, help="SFT checkpoint (its diagnostics define the gate strata)")
-    parser.add_argument("--reward", required=True, help="reward-model checkpoint (its diagnostics define the gate strata)")
+    parser.add_argument("--reward", required=True, action="append", metavar="CKPT",
+                        help="reward-model checkpoint (its diagnostics define the gate strata); give it once per fold "
+                        "(in fold order) for a cross-fitted reward (CrossFitReward)")
+    parser.add_argument("--crossfit-seed", type=int, default=0,
+                        help="with several --reward: the reward data's crossfit_seed (which user is in which fold)")
+    parser.add_argument("--heldout-only", action="store_true",
+                        help="analyse only the held-out users of a data config with rl_users: heldout (their training "
+                        "prompts trained neither SFT nor the reward model)")
     parser.add_argument("--policy", action="append", default=[], metavar="NAME=CKPT",
                         help="an RL checkpoint to compare (repeatable), e.g. grpo=runs/x/grpo/best.ckpt")
     parser.add_argument("--k", type=int, default=10)
@@ -178,6 +185,7 @@ def cmd_analyze(argv: list[str]) -> int:
     from adagrpo.datamodules.errors import ConfigError, DataError
     from adagrpo.lightning_modules.analysis import format_strata, load_policy, plot_strata, stratified_analysis
     from adagrpo.lightning_modules.base import IncompatibleCheckpoint
+    from adagrpo.lightning_modules.crossfit import CrossFitReward
     from adagrpo.lightning_modules.reward import TrainedReward
 
     for flag, value in (("--train-prompts", args.train_prompts), ("--group", args.group), ("--k", args.k),
@@ -195,10 +203,13 @@ def cmd_analyze(argv: list[str]) -> int:
                 print(f"adagrpo analyze: --policy expects NAME=CKPT, got {spec!r}", file=sys.stderr)
                 return 2
             policies[name] = load_policy(path, dm)
-        result = stratified_analysis(dm, policies["sft"], policies, TrainedReward(args.reward), k=args.k,
+        reward = (TrainedReward(args.reward[0]) if len(args.reward) == 1
+                  else CrossFitReward(args.reward, seed=args.crossfit_seed))
+        result = stratified_analysis(dm, policies["sft"], policies, reward, k=args.k,
                                      group=args.group, difficulty_rank=args.difficulty_rank,
                                      auc_threshold=args.auc_threshold, train_prompts=args.train_prompts,
-                                     post_hoc=args.post_hoc, max_users=args.max_users, batch_size=args.batch_size)
+                                     post_hoc=args.post_hoc, max_users=args.max_users, batch_size=args.batch_size,
+                                     heldout_only=args.heldout_only)
     except (IncompatibleCheckpoint, FileNotFoundError, DataError, ConfigError) as err:
         print(f"adagrpo analyze: {err}", file=sys.stderr)
         return 1

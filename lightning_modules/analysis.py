@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from adagrpo.callbacks.gates import PolicyDifficultyGate, RewardDiscriminabilityGate, combine_gates
+from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sequence import PAD_ITEM, SeqRecDataModule, _left_pad
 from adagrpo.lightning_modules.base import CKPT_KEY, check_signature
 from adagrpo.lightning_modules.decoding import DecodingConfig, DecodingEngine, candidate_logits, token_logprobs
@@ -349,10 +350,18 @@ class StratifiedResult:
 def stratified_analysis(dm: SeqRecDataModule, sft: nn.Module, policies: dict[str, nn.Module], reward: RewardModel,
                         k: int = 10, group: int = 16, difficulty_rank: float = 2.0, auc_threshold: float = 0.8,
                         train_prompts: int = 5, post_hoc: bool = False, max_users: int | None = None,
-                        batch_size: int = 128, progress: bool = True) -> StratifiedResult:
+                        batch_size: int = 128, heldout_only: bool = False, progress: bool = True) -> StratifiedResult:
     """Pre-outcome strata (and, with ``post_hoc``, the labelled test-item strata) of the test users; every
-    policy's metrics per user."""
+    policy's metrics per user. ``heldout_only``: only the users of the data's held-out slice (``rl_users:
+    heldout``), whose training prompts neither SFT nor the reward model was fit on — the gate strata are then
+    out of sample."""
     targets = dm.split.test
+    if heldout_only:
+        held = dm.split.heldout_mask()
+        if not held.any():
+            raise ConfigError("data.rl_users", "heldout_only needs a data config with rl_users: heldout "
+                                               f"(this one has rl_users: {getattr(dm, 'rl_users', 'all')!r})")
+        targets = targets[held[targets[:, 0]]]
     if max_users is not None and len(targets) > max_users:
         targets = targets[np.sort(np.random.default_rng(0).choice(len(targets), max_users, replace=False))]
     families = pre_outcome_strata(dm, sft, reward, targets, group, difficulty_rank, auc_threshold, train_prompts,
@@ -361,7 +370,8 @@ def stratified_analysis(dm: SeqRecDataModule, sft: nn.Module, policies: dict[str
         families.append(post_hoc_strata(dm, sft, reward, targets, group, difficulty_rank, auc_threshold, batch_size))
     scores = score_policies(dm, policies, targets, k, batch_size=batch_size, progress=progress)
     settings = {"group": group, "difficulty_rank": difficulty_rank, "auc_threshold": auc_threshold,
-                "train_prompts": train_prompts, "users": int(len(targets)), "dataset": dm.data.name}
+                "train_prompts": train_prompts, "users": int(len(targets)), "dataset": dm.data.name,
+                "heldout_only": heldout_only}
     return StratifiedResult(targets, families, scores, k, settings)
 
 

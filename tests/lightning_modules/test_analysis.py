@@ -93,3 +93,24 @@ def test_analysis_rows_table_and_plot(setup, tmp_path):
     assert "other − sft" in text and POST_HOC in text and "pre-outcome" in text
     png = plot_strata(result, tmp_path / "strata.png", "test")
     assert png.stat().st_size > 1000
+
+
+def test_heldout_only_analyses_the_heldout_slice(setup):
+    dm, sft, reward, _ = setup
+    from adagrpo.datamodules.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rl_users"):
+        stratified_analysis(dm, sft, {"sft": sft}, reward, heldout_only=True, progress=False)
+    from adagrpo import datamodules
+
+    held_dm = datamodules.SeqRecDataModule(
+        source=datamodules.SyntheticSource(num_users=60, num_items=50, max_length=10, seed=2),
+        sids=datamodules.RQKMeansSids(embeddings=datamodules.TextEmbeddings(dim=16), levels=3, codebook_size=6,
+                                      iters=10),
+        max_history=5, use_cache=False, train_mode="prompts", rl_users="heldout", heldout_fraction=0.25)
+    held_dm.prepare()
+    policy = tiny_policy(held_dm, 0)
+    result = stratified_analysis(held_dm, policy, {"sft": policy}, NoisyReward(noise=0.3, noise_on="uniform"),
+                                 group=GROUP, train_prompts=1, heldout_only=True, progress=False)
+    held = held_dm.split.heldout_mask()
+    assert len(result.targets) == int(held.sum()) == 15 and held[result.targets[:, 0]].all()
