@@ -12,6 +12,7 @@ _EXPORTS = {
     "PolicyDifficultyGate": "adagrpo.callbacks.gates",
     "RewardDiscriminabilityGate": "adagrpo.callbacks.gates",
     "PluginGate": "adagrpo.callbacks.gates",
+    "OracleGate": "adagrpo.callbacks.gates",
 }
 
 __all__ = list(_EXPORTS)

@@ -23,7 +23,11 @@ ENTRY_POINT_GROUP = "adagrpo.gates"
 
 
 class Gate(Callback, ABC):
-    """Base class. Subclasses implement :meth:`admit`; ``name`` labels the gate's logged open rate."""
+    """Base class. Subclasses implement :meth:`admit`.
+
+    Args:
+        name: labels the gate's logged open rate and its saved state (default: the class name).
+    """
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__()
@@ -117,12 +121,15 @@ class PolicyDifficultyGate(ThresholdGate):
 
     Signals: ``gt_rank`` (admit when y*'s rank in the group ≥ threshold; default 2 = "y* is not the
     policy's top-1"), ``gt_prob`` (admit when π(y*|x) ≤ threshold), ``entropy`` (admit when the group's
-    entropy ≥ threshold). See :class:`ThresholdGate` for the other arguments.
+    entropy ≥ threshold), ``band`` (threshold 1: admit when y* is in the group but not the policy's top-1 —
+    uncertain, yet close enough that the group's comparison is about y*). See :class:`ThresholdGate` for the
+    other arguments.
     """
 
-    SIGNALS = {"gt_rank": ("gt_rank", +1), "gt_prob": ("gt_prob", -1), "entropy": ("entropy", +1)}
+    SIGNALS = {"gt_rank": ("gt_rank", +1), "gt_prob": ("gt_prob", -1), "entropy": ("entropy", +1),
+               "band": ("gt_band", +1)}
 
-    def __init__(self, signal: Literal["gt_rank", "gt_prob", "entropy"] = "gt_rank", threshold: float = 2.0,
+    def __init__(self, signal: Literal["gt_rank", "gt_prob", "entropy", "band"] = "gt_rank", threshold: float = 2.0,
                  quantile: float | None = None, window: int = 4096, warmup: int = 256,
                  soft_temperature: float | None = None, name: str | None = "difficulty") -> None:
         super().__init__(signal, threshold, quantile, window, warmup, soft_temperature, name)
@@ -133,15 +140,42 @@ class RewardDiscriminabilityGate(ThresholdGate):
 
     Signals: ``auc`` (admit when the share of negatives scored below r* ≥ threshold; default 0.8),
     ``margin`` (admit when r* − best negative ≥ threshold), ``rank`` (admit when r*'s rank among the
-    negatives ≤ threshold). See :class:`ThresholdGate` for the other arguments.
+    negatives ≤ threshold), ``relative`` (admit when the policy's rank of y* minus the reward model's rank of
+    y* ≥ threshold; threshold 1 = "the reward model puts y* higher than the policy does"). See
+    :class:`ThresholdGate` for the other arguments.
     """
 
-    SIGNALS = {"auc": ("rm_auc", +1), "margin": ("rm_margin", +1), "rank": ("rm_rank", -1)}
+    SIGNALS = {"auc": ("rm_auc", +1), "margin": ("rm_margin", +1), "rank": ("rm_rank", -1),
+               "relative": ("rm_gain", +1)}
 
-    def __init__(self, signal: Literal["auc", "margin", "rank"] = "auc", threshold: float = 0.8,
+    def __init__(self, signal: Literal["auc", "margin", "rank", "relative"] = "auc", threshold: float = 0.8,
                  quantile: float | None = None, window: int = 4096, warmup: int = 256,
                  soft_temperature: float | None = None, name: str | None = "discriminability") -> None:
         super().__init__(signal, threshold, quantile, window, warmup, soft_temperature, name)
+
+
+class OracleGate(Gate):
+    """The ceiling of any diagnostic gate, for the synthetic world only: admits a sample exactly when the reward
+    model orders its rollout group more like the true utility than the policy does (``rm_concordance >
+    policy_concordance + margin``; see :func:`~adagrpo.lightning_modules.diagnostics.concordance`). It reads the
+    truth, so no real system can run it; it bounds what a gate that reads only rollout diagnostics can gain.
+
+    Args:
+        margin: how much better than the policy the reward model must order the group.
+        name: label for logging.
+    """
+
+    def __init__(self, margin: float = 0.0, name: str | None = "oracle") -> None:
+        super().__init__(name)
+        self.margin = float(margin)
+
+    def admit(self, diagnostics: Diagnostics) -> torch.Tensor:
+        rm, pol = diagnostics.rm_concordance.float(), diagnostics.policy_concordance.float()
+        if not torch.isfinite(rm).any() and not torch.isfinite(pol).any():
+            raise ConfigError("OracleGate", "the diagnostics carry no truth: the oracle gate needs the synthetic "
+                                            "world as data.source")
+        ok = torch.isfinite(rm) & torch.isfinite(pol)
+        return (ok & (rm > pol + self.margin)).float()
 
 
 class PluginGate(Gate):

@@ -7,7 +7,7 @@ These are the signals AdaGRPO's gates read (DESIGN.md §4 step 6), and the strat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -26,6 +26,14 @@ class Diagnostics:
     negatives scored above r*; ``rm_margin`` — r* minus the best negative's reward; ``rm_auc`` — the
     share of negatives scored below r* (ties count half); ``num_negatives``. With no valid negative,
     rank, margin and AUC are NaN and a threshold on them does not pass.
+
+    Derived: ``gt_band`` — 1 when y* is in the group but not the policy's top choice; ``rm_gain`` —
+    ``gt_rank − rm_rank``, positive when the reward model ranks y* above where the policy does (both ranks
+    are over the same pool of distinct valid items).
+
+    Truth (synthetic world only, NaN elsewhere): ``rm_concordance`` / ``policy_concordance`` — the share of
+    candidate pairs with different true utility that the reward model / the policy's sequence log-prob orders
+    as the truth does (see :func:`concordance`).
     """
 
     gt_rank: torch.Tensor
@@ -36,6 +44,21 @@ class Diagnostics:
     rm_margin: torch.Tensor
     rm_auc: torch.Tensor
     num_negatives: torch.Tensor
+    gt_band: torch.Tensor | None = None
+    rm_gain: torch.Tensor | None = None
+    rm_concordance: torch.Tensor | None = None
+    policy_concordance: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        nan = torch.full_like(self.gt_rank, math.nan)
+        if self.gt_band is None:  # y* is in the group but not the policy's first choice
+            self.gt_band = ((self.gt_in_group > 0) & (self.gt_rank >= 2)).float()
+        if self.rm_gain is None:  # > 0: the reward model ranks y* above where the policy does (same pool)
+            self.rm_gain = self.gt_rank - self.rm_rank
+        if self.rm_concordance is None:
+            self.rm_concordance = nan
+        if self.policy_concordance is None:
+            self.policy_concordance = nan.clone()
 
     def __len__(self) -> int:
         return self.gt_rank.shape[0]
@@ -47,6 +70,10 @@ class Diagnostics:
         if name not in {f.name for f in fields(self)}:
             raise KeyError(f"no diagnostic {name!r}; have {[f.name for f in fields(self)]}")
         return getattr(self, name)
+
+    def with_truth(self, rm_concordance: torch.Tensor, policy_concordance: torch.Tensor) -> Diagnostics:
+        """A copy carrying the within-group concordances with the true utility (synthetic world only)."""
+        return replace(self, rm_concordance=rm_concordance, policy_concordance=policy_concordance)
 
 
 def first_occurrence(items: torch.Tensor) -> torch.Tensor:
@@ -104,3 +131,19 @@ def compute_diagnostics(
         rm_auc=rm_auc,
         num_negatives=n_neg.float(),
     )
+
+
+@torch.no_grad()
+def concordance(scores: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the share of pairs ``(j, k)`` of masked-in entries with ``truth_j != truth_k`` that ``scores``
+    orders as ``truth`` does (score ties count one half); NaN for a row with no such pair.
+
+    ``scores``, ``truth``: ``[B, G]``; ``mask``: bool ``[B, G]`` (e.g. distinct valid candidates).
+    """
+    pair = mask[:, :, None] & mask[:, None, :]  # [B, G, G]
+    dt = truth[:, :, None] - truth[:, None, :]  # [B, G, G]
+    ds = scores[:, :, None] - scores[:, None, :]
+    useful = pair & (dt > 0) & torch.isfinite(dt)  # each unordered pair once, oriented by the truth
+    agree = (useful & (ds > 0)).sum((1, 2)).float() + 0.5 * (useful & (ds == 0)).sum((1, 2)).float()
+    n = useful.sum((1, 2)).float()
+    return torch.where(n > 0, agree / n.clamp_min(1), torch.full_like(n, math.nan))  # [B]

@@ -36,8 +36,10 @@ from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sequence import PromptBatch
 from adagrpo.lightning_modules.balancers import Balancer, GatedBalance
 from adagrpo.lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, PolicyModule, check_signature
+from adagrpo.lightning_modules.checkpoint_io import load_checkpoint
 from adagrpo.lightning_modules.decoding import DecodingConfig, candidate_logits, token_logprobs
-from adagrpo.lightning_modules.diagnostics import Diagnostics, compute_diagnostics, first_occurrence
+from adagrpo.lightning_modules.diagnostics import Diagnostics, compute_diagnostics, concordance, first_occurrence
+from adagrpo.lightning_modules.finite import guarded_manual_step, mask_nonfinite_rewards, nan_if_nonfinite
 from adagrpo.lightning_modules.grpo_loss import aggregate, clipped_surrogate, group_advantages, penalise_invalid
 from adagrpo.lightning_modules.policy import PolicySpec, spec_from_description
 from adagrpo.lightning_modules.reward import RewardModel
@@ -63,6 +65,9 @@ class Rollout:
     advantages: torch.Tensor
     zero_std: torch.Tensor
     seconds: float
+    raw: torch.Tensor | None = None  # [B, G] the reward model's scores alone
+    repeat_component: torch.Tensor | None = None  # [B, G] the (non-positive) repeat term included in ``rewards``
+    truth: torch.Tensor | None = None  # [B, G] true utility of each candidate (synthetic world only)
 
 
 @dataclass
@@ -78,8 +83,6 @@ class StepLosses:
 
 
 class GRPOModule(PolicyModule):
-    required_train_mode = "prompts"
-
     """GRPO / AdaGRPO post-training of an SFT policy against a reward model.
 
     Args:
@@ -92,28 +95,45 @@ class GRPOModule(PolicyModule):
         num_generations: G, candidates per prompt.
         rollout_mode: ``beam`` (distinct candidates) or ``sample``.
         constrained: trie-constrained rollouts (log-probs for ratio and KL then use the masked support).
-        temperature, top_k: sampling settings (``sample`` mode).
+        temperature: sampling temperature of the rollouts (``sample`` mode).
+        top_k: sample among the k most likely tokens only (``sample`` mode; None = all).
         beta: KL weight.
-        epsilon_low, epsilon_high: PPO clip range ``[1 - ε_low, 1 + ε_high]``.
+        epsilon_low: lower PPO clip: the ratio is clipped below at ``1 - ε_low``.
+        epsilon_high: upper PPO clip: the ratio is clipped above at ``1 + ε_high``.
         mu: optimisation passes per rollout batch (``trainer.max_steps`` counts optimizer steps, so it is
             ``max_steps / mu`` rollout batches).
-        scale_rewards: advantage scaling: ``group`` std, ``batch`` std or ``none``.
+        scale_rewards: advantage scaling: ``group`` std, ``batch`` std, ``spread`` (group std floored at the
+            batch's median group std, so a group whose rewards barely differ — mostly noise — is not blown up to
+            unit variance) or ``none``.
         aggregation: ``sequence`` or ``token`` averaging of the per-token loss.
         invalid_penalty: reward of invalid candidates (None = group minimum valid reward − ``invalid_margin``).
         invalid_margin: see above.
         hit_bonus: added to the reward of a candidate equal to the ground truth (rule component).
         inject_gt: put the ground truth into any group that lacks it (replacing the last candidate).
         filter_zero_std: exclude groups whose rewards are all equal from the GRPO term.
-        penalize_repeats: candidates already in the user's history get the invalid-candidate reward.
+        repeat_penalty: candidates already in the user's history lose ``repeat_penalty`` × the group's reward
+            spread (std of its valid, non-repeat rewards; the batch's mean spread when a group has none) — a
+            separate, logged reward component (``reward/repeat``) on the reward's own scale; 0 switches it off
+            (repeats are then scored by the reward model like any item).
+        exclude_seen: rollouts never propose an item of the user's history (seen-item filter in decoding).
         grad_clip: gradient-norm clipping (manual optimisation; do not set the trainer's gradient_clip_val).
         reference_sharding: under FSDP2, keep a full reference copy on every device (``replicate``) or shard
             it like the policy (``shard``: less memory, one all-gather per layer per reference forward).
         reference: build the frozen reference from this spec instead of copying the SFT policy — e.g. a
             :class:`~adagrpo.lightning_modules.policy.PretrainedPolicy` of ``adagrpo export``'s folder loaded in 8-bit
             or 4-bit (bitsandbytes, GPU). Its SID tokens must have the policy's token ids.
-        policy, optimizer, scheduler, beam_width, ks, val_unconstrained, test_unconstrained: see
-            :class:`~adagrpo.lightning_modules.base.PolicyModule`.
+        policy: the policy architecture (default: the one recorded in ``init_from``).
+        optimizer: e.g. ``torch.optim.AdamW`` with its ``init_args`` (default AdamW, lr 1e-3, wd 0.01).
+        scheduler: e.g. :class:`~adagrpo.lightning_modules.schedules.WarmupCosine`, stepped every optimizer step.
+        beam_width: candidates decoded per user in evaluation.
+        ks: HR/NDCG cut-offs.
+        val_unconstrained: also evaluate unconstrained decoding (hallucination rate) in validation.
+        test_unconstrained: also evaluate unconstrained decoding (hallucination rate) in test.
+        test_prefix: metric prefix of ``test`` (``adagrpo test --checkpoint last`` sets ``test_last``).
     """
+
+    #: GRPO trains on prompt batches (``configs/data/*_rl.yaml``)
+    required_train_mode = "prompts"
 
     def __init__(
         self,
@@ -130,14 +150,15 @@ class GRPOModule(PolicyModule):
         epsilon_low: float = 0.2,
         epsilon_high: float = 0.2,
         mu: int = 1,
-        scale_rewards: Literal["group", "batch", "none"] = "group",
+        scale_rewards: Literal["group", "batch", "spread", "none"] = "group",
         aggregation: Literal["sequence", "token"] = "sequence",
         invalid_penalty: float | None = None,
         invalid_margin: float = 1.0,
         hit_bonus: float = 0.0,
         inject_gt: bool = False,
         filter_zero_std: bool = False,
-        penalize_repeats: bool = True,
+        repeat_penalty: float = 1.0,
+        exclude_seen: bool = False,
         grad_clip: float | None = 1.0,
         reference_sharding: Literal["replicate", "shard"] = "replicate",
         reference: PolicySpec | None = None,
@@ -165,6 +186,8 @@ class GRPOModule(PolicyModule):
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"model.{key}", f"invalid value {locals()[key]!r}")
+        if scale_rewards not in ("group", "batch", "spread", "none"):
+            raise ConfigError("model.scale_rewards", f"must be group, batch, spread or none, got {scale_rewards!r}")
         if rollout_mode not in ("beam", "sample"):
             raise ConfigError("model.rollout_mode", f"must be beam or sample, got {rollout_mode!r}")
         self.init_from = str(init_from)
@@ -188,7 +211,10 @@ class GRPOModule(PolicyModule):
         self.hit_bonus = hit_bonus
         self.inject_gt = inject_gt
         self.filter_zero_std = filter_zero_std
-        self.penalize_repeats = penalize_repeats
+        if repeat_penalty < 0:
+            raise ConfigError("model.repeat_penalty", f"must be >= 0, got {repeat_penalty}")
+        self.repeat_penalty = float(repeat_penalty)
+        self.exclude_seen = exclude_seen
         self.grad_clip = grad_clip
         if reference_sharding not in ("replicate", "shard"):
             raise ConfigError("model.reference_sharding", f"must be replicate or shard, got {reference_sharding!r}")
@@ -206,12 +232,12 @@ class GRPOModule(PolicyModule):
             # test/validate/predict of a GRPO checkpoint: its own record describes the policy and Lightning restores
             # the weights; the SFT start, the reference and the reward model are not needed.
             path, self._init_ckpt = Path(self.trainer.ckpt_path), None
-            info = torch.load(path, map_location="cpu", weights_only=False).get(CKPT_KEY)
+            info = load_checkpoint(path, what="checkpoint (--ckpt_path)").get(CKPT_KEY)
         else:
             path = Path(self.init_from)
             if not path.exists():
                 raise IncompatibleCheckpoint(f"SFT checkpoint not found: {path} (model.init_from)")
-            self._init_ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            self._init_ckpt = load_checkpoint(path, what="SFT checkpoint (model.init_from)")
             info = self._init_ckpt.get(CKPT_KEY)
         check_signature(info, self.sid_signature(), str(path))
         if not self._explicit_policy and info.get("policy"):
@@ -287,18 +313,40 @@ class GRPOModule(PolicyModule):
             tokens[missing, -1] = batch.target_tokens[missing]
             items[missing, -1] = batch.target[missing]
             valid[missing, -1] = True
-        raw = self.reward_model.score(batch.history, items, batch.user)  # [B, G]
+        raw = self.reward_model.score(batch.history, items, batch.user).float()  # [B, G]
+        raw, valid, masked = mask_nonfinite_rewards(raw, valid)  # a NaN/inf reward: the candidate counts as invalid
+        self.finite_guard.count_masked(masked)
         hit = self.hit_bonus * (items == batch.target[:, None]).float()  # [B, G]
-        # Items the user already has: in the logs nobody re-consumes, and the reward model never scored an item
-        # against a history that holds it, so they are penalised like invalid SIDs.
+        # Items the user already has: nobody re-consumes in the logs, so a repeat is a wasted slot. It is its own
+        # reward component, sized by the group's reward spread so that it means the same at any reward scale.
         repeat = (items[:, :, None] == batch.history[:, None, :]).any(-1) & (items >= 0)  # [B, G]
-        if not self.penalize_repeats:
-            repeat = torch.zeros_like(repeat)
-        rewards = penalise_invalid(raw.float() + hit, valid & ~repeat, self.invalid_penalty, self.invalid_margin)
-        gt_reward = self.reward_model.score(batch.history, batch.target[:, None], batch.user)[:, 0].float()  # [B]
-        advantages, zero_std = group_advantages(rewards, self.scale_rewards)
+        repeat_term = -self.repeat_penalty * repeat.float() * group_spread(raw, valid & ~repeat)  # [B, G]
+        rewards = penalise_invalid(raw + hit + repeat_term, valid, self.invalid_penalty, self.invalid_margin)
+        gt_reward = nan_if_nonfinite(self.reward_model.score(batch.history, batch.target[:, None], batch.user)[:, 0]
+                                     .float())  # [B]
+        advantages, zero_std = self.advantages(rewards)
+        truth = self.true_utility(batch, items)
         return Rollout(tokens, items, valid, repeat, rewards, hit, gt_reward, advantages, zero_std,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, raw, repeat_term, truth)
+
+    def advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group advantages ``[B, G]`` and the zero-variance mask ``[B]`` under ``scale_rewards``."""
+        if self.scale_rewards != "spread":
+            return group_advantages(rewards, self.scale_rewards)
+        centred, zero_std = group_advantages(rewards, "none")  # [B, G], [B]
+        std = rewards.std(1, keepdim=True)  # [B, 1]
+        floor = std[~zero_std].median() if (~zero_std).any() else std.new_ones(())
+        adv = centred / torch.maximum(std, floor).clamp_min(1e-4)
+        return torch.where(zero_std[:, None], torch.zeros_like(adv), adv), zero_std
+
+    @torch.no_grad()
+    def true_utility(self, batch: PromptBatch, items: torch.Tensor) -> torch.Tensor | None:
+        """The world's true utility ``[B, G]`` of the candidates, when the data has a ground truth; else None."""
+        world = getattr(getattr(self.data, "source", None), "world", None) if self.data is not None else None
+        if world is None:
+            return None
+        util = world.utility(batch.user.cpu(), batch.history[:, -1].cpu(), items.cpu())  # [B, G], -inf invalid
+        return util.to(items.device)
 
     # ------------------------------------------------------------------------------- losses
     def losses(self, batch: PromptBatch, ro: Rollout, old_logp: torch.Tensor | None,
@@ -332,8 +380,13 @@ class GRPOModule(PolicyModule):
             with torch.no_grad():
                 cand = logp.detach() if temp == 1.0 else token_logprobs(
                     logits[:, :g].detach(), ro.tokens, self.engine, constrained)
-                diag = compute_diagnostics(ro.items, ro.valid & ~ro.repeat, cand.sum(2), batch.target,
+                ok = ro.valid & ~ro.repeat
+                diag = compute_diagnostics(ro.items, ok, cand.sum(2), batch.target,
                                            gt_support[:, 0].detach().sum(1), ro.rewards, ro.gt_reward)
+                if ro.truth is not None:  # within-group concordance with the truth: the oracle gate's signal
+                    pairs = ok & first_occurrence(ro.items)
+                    raw = ro.rewards if ro.raw is None else ro.raw
+                    diag = diag.with_truth(concordance(raw, ro.truth, pairs), concordance(cand.sum(2), ro.truth, pairs))
         return StepLosses(nll, grpo, kl, clip, ratio, diag), logp.detach()
 
     @torch.no_grad()
@@ -362,12 +415,8 @@ class GRPOModule(PolicyModule):
                 if self.filter_zero_std:
                     admission = admission * (~ro.zero_std).float()
             loss, weights = self.balancer.combine(out.nll, out.grpo, admission, diagnostics)
-            opt.zero_grad()
-            self.manual_backward(loss)
-            if self.grad_clip:
-                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-            opt.step()
-            if sched is not None:
+            # zero_grad, backward, clip, step; skipped (and counted) when the loss or gradient norm is NaN/inf
+            if guarded_manual_step(self, opt, loss, self.grad_clip, self.finite_guard) and sched is not None:
                 sched.step()
         if not self._logged_kl0 and ref_logp is not None:
             # The KL to the reference before any update, logged once whatever log_every_n_steps is: from an
@@ -378,6 +427,7 @@ class GRPOModule(PolicyModule):
         for gate in gates:
             gate.observe(diagnostics)
         out.diagnostics = diagnostics
+        self.finite_guard.log_to(self)
         self._log_step(batch, ro, out, loss, admission, per_gate, weights, time.perf_counter() - step_start)
         return loss.detach()
 
@@ -394,8 +444,9 @@ class GRPOModule(PolicyModule):
             "loss/grpo": out.grpo.detach().mean(),
             "reward/mean": r.mean(),
             "reward/std": r.std(1).mean() if r.shape[1] > 1 else torch.zeros(()),
-            "reward/gt": ro.gt_reward.mean(),
+            "reward/gt": torch.nanmean(ro.gt_reward),
             "reward/hit": ro.hit_bonus.mean(),
+            "reward/repeat": ro.repeat_component.mean() if ro.repeat_component is not None else torch.zeros(()),
             "adv/zero_std_frac": ro.zero_std.float().mean(),
             "kl": out.kl.mean(),
             "clip_frac": out.clip_frac.mean(),
@@ -414,6 +465,12 @@ class GRPOModule(PolicyModule):
             "perf/samples_per_s": torch.tensor(b / max(seconds, 1e-9)),
         }
         metrics.update({f"gate/{name}/open_rate": a.mean() for name, a in per_gate.items()})
+        if torch.isfinite(d.rm_concordance).any():  # synthetic world: the gates against the oracle gate
+            oracle = (d.rm_concordance > d.policy_concordance).float()  # [B]
+            metrics["diag/rm_concordance"] = torch.nanmean(d.rm_concordance)
+            metrics["diag/policy_concordance"] = torch.nanmean(d.policy_concordance)
+            metrics["gate/oracle_rate"] = oracle.mean()
+            metrics["gate/oracle_agreement"] = ((admission > 0.5).float() == oracle).float().mean()
         self.log_dict({k: v.float() for k, v in metrics.items()}, batch_size=b)
         self.log("reward", r.mean().float(), prog_bar=True, batch_size=b, logger=False)
         self.log("open", admission.mean().float(), prog_bar=True, batch_size=b, logger=False)
@@ -442,3 +499,17 @@ class GRPOModule(PolicyModule):
         for gate in self.module_gates:
             if gate.state_key in states:
                 gate.load_state_dict(states[gate.state_key])
+
+
+def group_spread(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Std ``[B, 1]`` of each group's masked-in rewards (``rewards``, ``mask``: ``[B, G]``); a group with fewer
+    than two such rewards, or none finite, gets the batch's mean spread (1.0 if no group has one)."""
+    m = mask & torch.isfinite(rewards)
+    n = m.sum(1, keepdim=True).float()  # [B, 1]
+    r = torch.where(m, rewards, torch.zeros_like(rewards))
+    mean = r.sum(1, keepdim=True) / n.clamp_min(1)
+    var = (torch.where(m, (rewards - mean) ** 2, torch.zeros_like(rewards))).sum(1, keepdim=True) / (n - 1).clamp_min(1)
+    std = var.sqrt()
+    ok = (n >= 2) & (std > 0)
+    fallback = std[ok].mean() if ok.any() else std.new_ones(())
+    return torch.where(ok, std, fallback)

@@ -28,6 +28,8 @@ from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.reward_data import ExposureBatch, RewardDataModule
 from adagrpo.datamodules.sequence import SeqRecDataModule
 from adagrpo.lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, check_signature
+from adagrpo.lightning_modules.checkpoint_io import load_checkpoint, load_module_file
+from adagrpo.lightning_modules.finite import FiniteSteps
 from adagrpo.lightning_modules.optim import build_optimizers
 
 
@@ -38,7 +40,8 @@ class RewardNet(nn.Module):
         codes: ``[N, L]`` the item → SID table (a buffer: the network is tied to its catalogue).
         codebook_sizes: codes per level.
         dim: embedding width.
-        num_layers, num_heads: history transformer.
+        num_layers: layers of the history transformer.
+        num_heads: attention heads of the history transformer.
         max_history: longest history (positional embeddings).
         dropout: dropout in the transformer and embeddings.
         scorer: ``dot`` (state · item + bias) or ``mlp``.
@@ -147,11 +150,16 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-class RewardModelModule(L.LightningModule):
+class RewardModelModule(FiniteSteps, L.LightningModule):
     """Trains a :class:`RewardNet` on exposure logs (BCE) and reports its exposure bias at test time.
 
     Args:
-        dim, num_layers, num_heads, dropout, scorer, item_id_embedding: :class:`RewardNet` settings.
+        dim: embedding width of the :class:`RewardNet`.
+        num_layers: layers of the history transformer.
+        num_heads: attention heads of the history transformer.
+        dropout: dropout in the transformer and embeddings.
+        scorer: ``dot`` (state · item + bias) or ``mlp``.
+        item_id_embedding: also learn a per-item vector (sharper for head items, nothing for the tail).
         optimizer: e.g. ``torch.optim.AdamW`` (default AdamW, lr 1e-3, wd 0.01).
         scheduler: optional, stepped every optimizer step.
         report_negatives: N for discriminability (true item vs N sampled / N popular negatives).
@@ -205,7 +213,9 @@ class RewardModelModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------- steps
     def training_step(self, batch: ExposureBatch, batch_idx: int) -> torch.Tensor:
-        loss = bce_loss(self.net(batch.history, batch.items), batch.labels)
+        loss = self.finite_loss(bce_loss(self.net(batch.history, batch.items), batch.labels))
+        if loss is None:  # NaN/inf: counted and skipped
+            return None
         self.log("loss/bce", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
@@ -295,7 +305,7 @@ class TrainedReward(RewardModel):
         path = Path(self.checkpoint)
         if not path.exists():
             raise IncompatibleCheckpoint(f"reward checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(path, what="reward checkpoint (model.reward)")
         info = ckpt.get(CKPT_KEY)
         if info is None or info.get("module") != "RewardModelModule":
             raise IncompatibleCheckpoint(f"{path} is not a reward-model checkpoint (module: "
@@ -322,26 +332,22 @@ class TorchReward(RewardModel):
 
     Args:
         module: the scoring module (instantiated by the CLI from its ``class_path``).
-        path: alternatively, a saved module file.
+        path: alternatively, a saved module file: TorchScript, or a ``torch.save(module)`` pickle with ``trust_pickle``.
+        trust_pickle: load a pickled module file (it runs whatever code the file holds; only for files you trust).
     """
 
-    def __init__(self, module: nn.Module | None = None, path: str | None = None) -> None:
+    def __init__(self, module: nn.Module | None = None, path: str | None = None, trust_pickle: bool = False) -> None:
         super().__init__()
         if (module is None) == (path is None):
             raise ConfigError("reward", "give exactly one of `module` or `path`")
         self.path = path
         self.module = module
+        self.trust_pickle = trust_pickle
 
     def attach(self, data: SeqRecDataModule) -> None:
         super().attach(data)
         if self.module is None:
-            p = Path(self.path)
-            if not p.exists():
-                raise IncompatibleCheckpoint(f"reward module file not found: {p}")
-            try:
-                self.module = torch.jit.load(str(p), map_location="cpu")
-            except Exception:  # not TorchScript: a pickled module
-                self.module = torch.load(str(p), map_location="cpu", weights_only=False)
+            self.module = load_module_file(self.path, self.trust_pickle)  # TorchScript, or a trusted pickle
         for param in self.module.eval().parameters():  # not Module.requires_grad_: ScriptModules lack it
             param.requires_grad_(False)
         device = next((p.device for p in self.module.parameters()), torch.device("cpu"))
@@ -384,34 +390,81 @@ class OracleReward(RewardModel):
 
 
 class NoisyReward(OracleReward):
-    """Oracle plus noise that is larger for rarely seen items: ``σ_i = noise · ((pop_i + 1) /
-    (median_pop + 1)) ** -popularity_exponent`` (capped at ``max_factor · noise``), the noise fixed
-    per (user, item) — a reward model's errors are systematic — unless ``resample``.
+    """The world's true utility plus noise whose size depends on *where* it lives, fixed per (user, item) — a
+    reward model's errors are systematic — unless ``resample``.
+
+    ``noise_on`` says where (σ is the noise std on an item for a user):
+
+    * ``popularity`` (the original form): ``σ_i = noise · ((pop_i + 1) / (median_pop + 1)) ** -popularity_exponent``,
+      capped at ``max_factor · noise``; grows smoothly towards the tail;
+    * ``uniform``: ``σ = noise`` everywhere;
+    * ``tail``: ``σ = noise`` on tail items (all but the ``head_share`` most-clicked items of the training
+      data) and ``clean_factor · noise`` on head items;
+    * ``segment``: ``σ = noise`` for a fixed ``segment_share`` of users (chosen by a hash of the user and
+      ``seed``) and ``clean_factor · noise`` for the others.
 
     Args:
-        noise: base noise standard deviation (0 = the oracle exactly).
-        popularity_exponent: how much faster noise grows for tail items (0 = same for all).
-        max_factor: cap on the per-item multiplier.
+        noise: noise std where it lives (0 = the oracle exactly).
+        noise_on: ``popularity``, ``uniform``, ``tail`` or ``segment`` (above).
+        popularity_exponent, max_factor: the ``popularity`` form's shape.
+        head_share: share of items that count as the head (``tail``).
+        segment_share: share of users in the noisy segment (``segment``).
+        clean_factor: noise multiplier off the noisy part (``tail``, ``segment``).
         resample: fresh noise on every call instead of fixed per (user, item).
-        seed: seeds the fixed noise.
+        seed: seeds the fixed noise and the segment.
+        scale: multiplies the utility and the noise.
     """
 
-    def __init__(self, noise: float = 0.5, popularity_exponent: float = 0.5, max_factor: float = 5.0,
-                 resample: bool = False, seed: int = 0, scale: float = 1.0) -> None:
+    def __init__(self, noise: float = 0.5, noise_on: Literal["popularity", "uniform", "tail", "segment"] = "popularity",
+                 popularity_exponent: float = 0.5, max_factor: float = 5.0, head_share: float = 0.2,
+                 segment_share: float = 0.5, clean_factor: float = 0.1, resample: bool = False, seed: int = 0,
+                 scale: float = 1.0) -> None:
         super().__init__(scale)
-        if noise < 0:
-            raise ConfigError("reward.noise", f"must be >= 0, got {noise}")
+        checks = {"noise": noise >= 0, "head_share": 0 < head_share < 1, "segment_share": 0 < segment_share < 1,
+                  "clean_factor": clean_factor >= 0, "max_factor": max_factor > 0}
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"reward.{key}", f"invalid value {locals()[key]!r}")
+        if noise_on not in ("popularity", "uniform", "tail", "segment"):
+            raise ConfigError("reward.noise_on", f"must be popularity, uniform, tail or segment, got {noise_on!r}")
         self.noise = noise
+        self.noise_on = noise_on
         self.popularity_exponent = popularity_exponent
         self.max_factor = max_factor
+        self.head_share = head_share
+        self.segment_share = segment_share
+        self.clean_factor = clean_factor
         self.resample = resample
         self.seed = seed
 
     def attach(self, data: SeqRecDataModule) -> None:
         super().attach(data)
         pop = data.train_popularity().double()
-        factor = ((pop + 1) / (pop.median() + 1)) ** (-self.popularity_exponent)
-        self.sigma = (self.noise * factor.clamp_max(self.max_factor)).float()  # [N]
+        if self.noise_on == "popularity":
+            factor = (((pop + 1) / (pop.median() + 1)) ** (-self.popularity_exponent)).clamp_max(self.max_factor)
+        elif self.noise_on == "tail":
+            factor = torch.where(self.is_tail(pop), 1.0, self.clean_factor).double()
+        else:  # uniform; segment: per user, applied in score()
+            factor = torch.ones_like(pop)
+        self.sigma = (self.noise * factor).float()  # [N]
+
+    def is_tail(self, popularity: torch.Tensor) -> torch.Tensor:
+        """Bool ``[N]``: items outside the ``head_share`` most popular (ties broken by item index)."""
+        n_head = max(1, int(round(self.head_share * len(popularity))))
+        head = torch.zeros(len(popularity), dtype=torch.bool)
+        head[torch.argsort(-popularity, stable=True)[:n_head]] = True
+        return ~head
+
+    def in_segment(self, users: torch.Tensor) -> torch.Tensor:
+        """Bool ``[B]``: the users in the noisy segment (``noise_on: segment``)."""
+        return _hash_uniform(users.long() * 2_654_435_761 + self.seed * 97 + 13) < self.segment_share
+
+    def noise_std(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """σ ``[B, M]`` of the noise on ``items [B, M]`` for ``users [B]``."""
+        sigma = self.sigma[items.clamp_min(0)]
+        if self.noise_on == "segment":
+            sigma = sigma * torch.where(self.in_segment(users), 1.0, self.clean_factor)[:, None].float()
+        return sigma
 
     def _standard_normal(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         if self.resample:
@@ -427,9 +480,9 @@ class NoisyReward(OracleReward):
         base = super().score(histories, items, users).cpu()
         if self.noise == 0:
             return base.to(items.device)
-        it = items.cpu()
-        z = self._standard_normal(users.cpu(), it.clamp_min(0))
-        noisy = base + self.scale * self.sigma[it.clamp_min(0)] * z
+        it, us = items.cpu(), users.cpu()
+        z = self._standard_normal(us, it.clamp_min(0))
+        noisy = base + self.scale * self.noise_std(us, it) * z
         return noisy.masked_fill(it < 0, 0.0).to(items.device)
 
 

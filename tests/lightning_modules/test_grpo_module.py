@@ -351,7 +351,7 @@ class RecordingBalance(GatedBalance):
 def test_filter_zero_std(rl_dm, sft_ckpt, batch, filter_zero_std):
     # Repeats off: a penalised repeat would give a constant-reward group some variance.
     g = make_grpo(rl_dm, sft_ckpt, reward=HalfConstantReward(), balancer=RecordingBalance(),
-                  filter_zero_std=filter_zero_std, penalize_repeats=False)
+                  filter_zero_std=filter_zero_std, repeat_penalty=0.0)
     ro = g.rollout(batch)
     even = batch.user % 2 == 0
     assert even.any() and (~even).any()
@@ -408,9 +408,10 @@ def test_fit_logs_design_metrics_and_trains_policy_only(rl_dm, sft_ckpt):
     assert not any(p.requires_grad for p in g.reference.parameters())
 
 
-def test_repeated_items_get_the_invalid_penalty(rl_dm, sft_ckpt, batch):
-    # A candidate already in the user's history is penalised like an invalid SID (group min valid - margin).
-    g = make_grpo(rl_dm, sft_ckpt, reward=OracleReward(), invalid_penalty=-7.0, num_generations=8)
+def test_repeats_are_a_separate_component_scaled_by_the_group_spread(rl_dm, sft_ckpt, batch):
+    # A candidate already in the user's history keeps its reward-model score and loses repeat_penalty x the std of
+    # its group's valid non-repeat rewards; the component is logged separately and 0 switches it off.
+    g = make_grpo(rl_dm, sft_ckpt, reward=OracleReward(), repeat_penalty=2.0, num_generations=8)
     first = g.rollout(batch).items[:, 0]
     batch = copy.copy(batch)
     batch.history = batch.history.clone()
@@ -419,8 +420,21 @@ def test_repeated_items_get_the_invalid_penalty(rl_dm, sft_ckpt, batch):
     assert ro.repeat[:, 0].all()
     expected = (ro.items[:, :, None] == batch.history[:, None, :]).any(-1) & (ro.items >= 0)
     assert torch.equal(ro.repeat, expected)
-    assert (ro.rewards[ro.repeat] == -7.0).all()
-    assert (ro.rewards[~ro.repeat & ro.valid] != -7.0).all()
-    off = make_grpo(rl_dm, sft_ckpt, reward=OracleReward(), invalid_penalty=-7.0, num_generations=8,
-                    penalize_repeats=False).rollout(batch)
-    assert not off.repeat.any()
+    ok = ro.valid & ~ro.repeat
+    for b in range(len(batch)):
+        spread = ro.raw[b][ok[b]].std()  # unbiased, as group_spread
+        torch.testing.assert_close(ro.repeat_component[b], -2.0 * spread * ro.repeat[b].float())
+        torch.testing.assert_close(ro.rewards[b][ro.valid[b]], (ro.raw[b] + ro.repeat_component[b])[ro.valid[b]])
+    off = make_grpo(rl_dm, sft_ckpt, reward=OracleReward(), num_generations=8, repeat_penalty=0.0).rollout(batch)
+    assert off.repeat[:, 0].all() and (off.repeat_component == 0).all()
+    torch.testing.assert_close(off.rewards[off.valid], off.raw[off.valid])
+
+
+def test_group_spread_hand_computed():
+    from adagrpo.lightning_modules.grpo import group_spread
+
+    rewards = torch.tensor([[1.0, 3.0, 100.0], [2.0, 0.0, 0.0], [5.0, 5.0, 1.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
+    # row 0: std(1, 3) = sqrt(2); row 1 has one reward, row 2 zero spread: both get the mean of the usable rows
+    expected = torch.tensor([[2**0.5], [2**0.5], [2**0.5]])
+    torch.testing.assert_close(group_spread(rewards, mask), expected)

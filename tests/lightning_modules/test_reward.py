@@ -417,7 +417,7 @@ def test_torch_reward_from_saved_module(trained, tmp_path, kind):
         torch.save(user_module, path)
     else:
         torch.jit.script(user_module).save(str(path))
-    reward = TorchReward(path=str(path))
+    reward = TorchReward(path=str(path), trust_pickle=kind == "pickle")
     reward.attach(dm)
     batch, items = score_inputs(dm)
     out = reward.score(batch.history, items)
