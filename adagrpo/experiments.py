@@ -100,7 +100,8 @@ def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs
         start = time.perf_counter()
         base = ["--config", str(stage.config), "--experiment", experiment, "--run_name", stage.run_name]
         print(f"\n[{stage.run_name}] fit", flush=True)
-        run_command(adagrpo_command(["fit", *base, *stage.overrides]), stage.env, folder / "fit.log", echo)
+        # The pipeline decided to (re)fit this stage: --force lets the fit replace its earlier record.
+        run_command(adagrpo_command(["fit", *base, "--force", *stage.overrides]), stage.env, folder / "fit.log", echo)
         print(f"[{stage.run_name}] test (best checkpoint)", flush=True)
         run_command(adagrpo_command(["test", *base, *stage.overrides]), stage.env, folder / "test.log", echo)
         if stage.test_last:

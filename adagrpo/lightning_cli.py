@@ -25,6 +25,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from adagrpo.run_config import PARENT_RUN_ENV
+
 log = logging.getLogger("adagrpo")
 
 
@@ -57,11 +59,26 @@ class MLflowSaveConfig(SaveConfigCallback):
         mlflow_loggers = [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
         for lg in mlflow_loggers:
             lg.experiment.log_text(lg.run_id, text, f"config_{getattr(stage, 'value', stage)}.yaml")
+            log_config_params(lg, text, str(getattr(stage, "value", stage)))
         log_dir = None if mlflow_loggers else _local_log_dir(trainer)
         if log_dir:
             path = Path(log_dir) / "config.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+
+
+def log_config_params(logger, config_text: str, stage: str) -> None:  # noqa: ANN001
+    """The run's flattened configuration as MLflow params, and its variant/seed/stage tags
+    (:mod:`adagrpo.run_config`), so the MLflow UI can filter and sort runs."""
+    import yaml
+
+    from adagrpo.run_config import log_run_config
+
+    cfg = yaml.safe_load(config_text) or {}
+    differs = log_run_config(logger.experiment, logger.run_id, cfg, cfg.get("run_name") or stage)
+    if differs:
+        log.info("MLflow run %s keeps its logged params %s (this %s's values differ)", logger.run_id,
+                 ", ".join(differs[:8]) + (" …" if len(differs) > 8 else ""), stage)
 
 
 def _local_log_dir(trainer: L.Trainer) -> str | None:
@@ -100,9 +117,30 @@ class AdaGRPOCLI(LightningCLI):
         from adagrpo.lightning_modules.base import PolicyModule
 
         ckpt = (self.config_init.get(self.subcommand) or {}).get("ckpt_path")
-        if (ckpt and Path(str(ckpt)).is_file() and isinstance(self.model, PolicyModule)
-                and isinstance(self.datamodule, SeqRecDataModule)):
+        if not (isinstance(self.model, PolicyModule) and isinstance(self.datamodule, SeqRecDataModule)):
+            return
+        if ckpt and Path(str(ckpt)).exists():
             self.model.check_checkpoint_file(str(ckpt), self.datamodule)
+        self.preflight_fit()
+
+    def preflight_fit(self) -> None:
+        """Before a fit starts (and so before its MLflow run exists): read the data, check the model's settings
+        against it, and load the SFT start and the reward model, so that a bad data file, setting or checkpoint
+        fails here, leaving no run behind."""
+        from adagrpo.lightning_modules.base import CKPT_KEY, check_signature
+        from adagrpo.lightning_modules.checkpoint_io import load_checkpoint
+
+        self.model.attach(self.datamodule)  # data, SIDs, beam width
+        if self.subcommand != "fit":
+            return
+        init_from = getattr(self.model, "init_from", None)
+        if init_from:
+            what = "SFT checkpoint (model.init_args.init_from)"
+            start = load_checkpoint(init_from, what=what, mmap=True)  # the weights are not read
+            check_signature(start.get(CKPT_KEY), self.model.sid_signature(), str(init_from))
+        reward = getattr(self.model, "reward_model", None)
+        if reward is not None and hasattr(reward, "attach"):
+            reward.attach(self.datamodule)
 
     before_fit = before_validate = before_test = before_predict = check_checkpoint
 
@@ -260,6 +298,9 @@ class AdaGRPOCLI(LightningCLI):
                 init["run_name"] = run_name
             if record and record.get("mlflow_run_id") and not init.get("run_id"):
                 init["run_id"] = record["mlflow_run_id"]
+            parent = os.environ.get(PARENT_RUN_ENV)
+            if parent and not init.get("run_id"):  # a new run of an `adagrpo ablate`: nest it under the ablation
+                init["tags"] = {**(init.get("tags") or {}), "mlflow.parentRunId": parent}
 
 
 def run_lightning_cli(argv: list[str]) -> AdaGRPOCLI | None:

@@ -5,6 +5,6 @@ fit_once() {
     if [ -z "${FORCE:-}" ] && [ -f "${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt" ]; then
         echo "[$run] already fitted: ${ADAGRPO_RUNS:-runs}/$EXP/$run/best.ckpt (FORCE=1 to refit)"
     else
-        python -m adagrpo fit "$@"
+        python -m adagrpo fit --force "$@"  # no best.ckpt (or FORCE=1): replace whatever record is there
     fi
 }

@@ -32,6 +32,10 @@ class FixedWeight(Balancer):
     """``mean_b(nll_weight · NLL_b + rl_weight · GRPO_b)``; ignores the gates.
 
     ``rl_weight = 0`` is continued SFT; ``nll_weight = 0`` is pure GRPO.
+
+    Args:
+        nll_weight: weight of the ground truth's NLL (the SFT anchor), >= 0.
+        rl_weight: weight of the GRPO term on every sample, >= 0 (λ; not both weights 0).
     """
 
     uses_gates = False
@@ -57,12 +61,19 @@ class GatedBalance(Balancer):
     ``loss = mean_b(nll_weight · NLL_b) + rl_weight · Σ_b a_b GRPO_b / Z`` with ``Z = B`` (``normalize:
     batch``, default: a batch with few admitted samples takes a small RL step) or ``Z = Σ_b a_b``
     (``normalize: admitted``: every admitted sample counts as in pure GRPO).
+
+    Args:
+        normalize: divide the admitted GRPO sum by the batch size (``batch``) or by the admitted mass
+            (``admitted``).
+        nll_weight: weight of the ground truth's NLL, applied to every sample.
+        rl_weight: weight of the GRPO term on admitted samples.
     """
 
     def __init__(self, normalize: Literal["batch", "admitted"] = "batch", nll_weight: float = 1.0,
                  rl_weight: float = 1.0) -> None:
         if normalize not in ("batch", "admitted"):
             raise ConfigError("balancer.normalize", f"must be batch or admitted, got {normalize!r}")
+        _check_weights(nll_weight=nll_weight, rl_weight=rl_weight)
         self.normalize = normalize
         self.nll_weight = nll_weight
         self.rl_weight = rl_weight
@@ -92,6 +103,7 @@ class MarginWeighted(Balancer):
     def __init__(self, center: float = 0.0, temperature: float = 0.1, rl_weight: float = 1.0) -> None:
         if temperature <= 0:
             raise ConfigError("balancer.temperature", f"must be > 0, got {temperature}")
+        _check_weights(rl_weight=rl_weight)
         self.center = center
         self.temperature = temperature
         self.rl_weight = rl_weight
@@ -105,3 +117,10 @@ class MarginWeighted(Balancer):
 
     def describe(self) -> str:
         return f"margin(c={self.center:g},t={self.temperature:g})"
+
+
+def _check_weights(**weights: float) -> None:
+    """A negative weight would train against the term (e.g. push the ground truth's likelihood down)."""
+    for key, value in weights.items():
+        if not value >= 0:  # also refuses NaN
+            raise ConfigError(f"balancer.{key}", f"must be >= 0, got {value}")
