@@ -84,7 +84,8 @@ class RewardDataModule(SeqRecDataModule):
                          num_workers=num_workers, seed=seed, use_cache=use_cache)
         if crossfit_folds is not None:
             if crossfit_folds < 2:
-                raise ConfigError("data.crossfit_folds", f"must be >= 2 (or null for no cross-fitting), got {crossfit_folds}")
+                raise ConfigError("data.crossfit_folds",
+                                  f"must be >= 2 (or null for no cross-fitting), got {crossfit_folds}")
             if not 0 <= crossfit_fold < crossfit_folds:
                 raise ConfigError("data.crossfit_fold", f"must be in 0..{crossfit_folds - 1}, got {crossfit_fold}")
         self.crossfit_folds = crossfit_folds

@@ -214,7 +214,8 @@ class SeqRecDataModule(L.LightningDataModule):
         if rl_users not in ("all", "heldout"):
             raise ConfigError("data.rl_users", f"must be all or heldout, got {rl_users!r}")
         if rl_users == "heldout" and not 0 < heldout_fraction < 1:
-            raise ConfigError("data.heldout_fraction", f"must be in (0, 1) with rl_users: heldout, got {heldout_fraction}")
+            raise ConfigError("data.heldout_fraction",
+                              f"must be in (0, 1) with rl_users: heldout, got {heldout_fraction}")
         if source is None:
             from adagrpo.datamodules.synthetic import SyntheticSource
 

@@ -245,7 +245,8 @@ def _supports_exclusion(engine: DecodingEngine) -> bool:
 
 @torch.no_grad()
 def score_policies(dm: SeqRecDataModule, policies: dict[str, nn.Module], targets: np.ndarray, k: int = 10,
-                   beam_width: int = 20, batch_size: int = 128, progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
+                   beam_width: int = 20, batch_size: int = 128,
+                   progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """Per policy, per metric (:data:`METRICS`), the value of every test target ``[U]``: HR@k of the test item,
     seen-filtered HR@k (decoding never returns an item before the test position; when the decoder supports
     exclusion), and on the synthetic world the true HR@k (the user's best unseen item in the top k), true
@@ -265,7 +266,8 @@ def score_policies(dm: SeqRecDataModule, policies: dict[str, nn.Module], targets
         seen = _seen_matrix(dm, t)  # [B, S]
         oracle = dm.oracle_utility(batch)  # [B, N] or None
         for name, policy in policies.items():
-            args = (policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids, DecodingConfig("beam", width, True))
+            config = DecodingConfig("beam", width, True)
+            args = (policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids, config)
             tops = {"": engine.generate(*args).items[:, :k]}
             if filtered:
                 excl = torch.stack([torch.full_like(seen, PAD_ITEM), seen], 1)  # [B, 2, S]: unfiltered, filtered

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from adagrpo.lightning_modules.analysis import (
-    POST_HOC, format_strata, plot_strata, post_hoc_strata, pre_outcome_strata, stratified_analysis, terciles,
+    POST_HOC,
+    format_strata,
+    plot_strata,
+    post_hoc_strata,
+    pre_outcome_strata,
+    stratified_analysis,
+    terciles,
     with_permuted_test_items,
 )
 from adagrpo.lightning_modules.policy import LlamaPolicy
