@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from adagrpo.datamodules.catalog import TEXT_FIELDS, Catalog, Interactions
-from adagrpo.datamodules.errors import ConfigError, DataError
+from adagrpo.datamodules.errors import ConfigError, DataError, missing_file
 from adagrpo.datamodules.sources import DataSource
 
 Where = list[tuple[str, int | None, str | None]]
@@ -52,7 +52,7 @@ def _read_text(path: str) -> str:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise DataError("file not found", file=path) from None
+        raise missing_file(path) from None
     except IsADirectoryError:
         raise DataError("is a directory, expected a file", file=path) from None
     except OSError as e:
@@ -746,7 +746,7 @@ class TableFile(DataSource):
             try:
                 found = list(pq.read_schema(path).names)
             except FileNotFoundError:
-                raise DataError("file not found", file=path) from None
+                raise missing_file(path) from None
             except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
                 raise DataError(f"cannot read Parquet file: {e}", file=path) from None
             if "time" in self.columns or time_col in found:
