@@ -66,7 +66,8 @@ def _load(path: str | Path, what: str, mmap: bool) -> Any:
                 f"which could run code when loaded ({_short(first)}). adagrpo checkpoints never do; "
                 "only load files from a source you trust") from None
         raise IncompatibleCheckpoint(f"{what} {p} is not a readable checkpoint ({_short(first)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeDecodeError) as err:  # what torch.load raises on bytes that are no checkpoint
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IncompatibleCheckpoint(
             f"{what} {p} is not a readable checkpoint (truncated or corrupt? {_short(first)}); "

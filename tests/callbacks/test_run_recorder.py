@@ -41,8 +41,8 @@ def test_last_is_final_state_when_best_is_earlier(tmp_path):
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(PeaksEarly(), _loader(), _loader())
     record = json.loads((tmp_path / "record" / "latest.json").read_text())
-    best = torch.load(record["best_copy"], map_location="cpu", weights_only=False)
-    last = torch.load(record["last_copy"], map_location="cpu", weights_only=False)
+    best = torch.load(record["best_copy"], map_location="cpu", weights_only=True)
+    last = torch.load(record["last_copy"], map_location="cpu", weights_only=True)
     assert best["global_step"] == 2  # the metric peaked at the first validation
     assert last["global_step"] == 6 == record["global_step"]
     assert not torch.equal(best["state_dict"]["layer.weight"], last["state_dict"]["layer.weight"])
