@@ -254,7 +254,7 @@ def cmd_ablate(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--print", dest="print_only", action="store_true")
     args, overrides = parser.parse_known_args(argv)
-    from adagrpo.experiments import Stage, adagrpo_command, run_pipeline
+    from adagrpo.experiments import Stage, ablation_run, adagrpo_command, run_pipeline
 
     stages = []
     for cfg in args.config:
@@ -269,8 +269,11 @@ def cmd_ablate(argv: list[str]) -> int:
                 print(" ".join(adagrpo_command([sub, *base, *extra, *st.overrides])[1:]))
         print(f"python -m adagrpo compare --experiment {args.experiment}")
         return 0
-    run_pipeline(args.experiment, stages, force=args.force)
-    return cmd_compare(["--experiment", args.experiment])
+    with ablation_run(args.experiment, args.config, args.seeds, overrides) as parent:
+        print(f"MLflow parent run {parent} (experiment {args.experiment}): every run of this ablation nests under it",
+              flush=True)
+        run_pipeline(args.experiment, stages, force=args.force)
+        return cmd_compare(["--experiment", args.experiment])
 
 
 def cmd_quickstart(argv: list[str]) -> int:

@@ -15,10 +15,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from adagrpo.run_config import PARENT_RUN_ENV, TAG_KIND, TAG_SEED, TAG_VARIANT, split_run_name
 
 COLUMNS = [
     ("best HR@10", "test/hr_10"),
@@ -40,7 +44,8 @@ SEEN_COLUMNS = [
     ("final repeat@10", "test_last/repeat_rate_10"),
 ]
 HISTORY_COLUMNS = [("gate open", "gate/open_rate"), ("reward", "reward/mean")]
-SEED_SUFFIX = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
+#: ``adagrpo.kind`` of the runs that report on training runs rather than train (never rows of the table)
+REPORT_KINDS = ("comparison", "analysis", "ablation")
 
 
 class CompareError(RuntimeError):
@@ -58,61 +63,96 @@ class RunRow:
     @classmethod
     def named(cls, name: str, label: str, values: dict[str, float] | None = None) -> RunRow:
         """A row whose variant and seed come from a ``<variant>-s<seed>`` name (an unseeded name is its variant)."""
-        m = SEED_SUFFIX.match(name)
-        return cls(name=name, variant=m.group("variant") if m else name, label=label, values=dict(values or {}),
-                   seed=int(m.group("seed")) if m else None)
+        variant, seed = split_run_name(name)
+        return cls(name=name, variant=variant, label=label, values=dict(values or {}), seed=seed)
+
+    @classmethod
+    def tagged(cls, name: str, tags: dict[str, str], values: dict[str, float] | None = None) -> RunRow:
+        """A row whose variant and seed come from the run's ``variant``/``seed`` tags, or, for runs logged before
+        those tags existed, from its ``<variant>-s<seed>`` name."""
+        row = cls.named(name, label=tags.get("adagrpo.label") or name, values=values)
+        if tags.get(TAG_VARIANT):
+            row.variant = tags[TAG_VARIANT]
+        if str(tags.get(TAG_SEED, "")).lstrip("-").isdigit():
+            row.seed = int(tags[TAG_SEED])
+        return row
 
 
 def tracking_uri_default() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
 
 
+def search_runs(experiment: str, uri: str) -> pd.DataFrame:
+    """``mlflow.search_runs`` of ``experiment`` in the store at ``uri`` (a missing SQLite file is refused, not
+    created), newest first, with a ``store`` column."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise CompareError(f"no MLflow store at {uri} (no such file)")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(f"no MLflow experiment named {experiment!r} in {uri} (experiments there: {names or 'none'})")
+    with tracking_utils._use_tracking_uri(uri):
+        frame = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    frame["store"] = uri
+    return frame
+
+
+def latest_runs(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The runs of several stores in one frame; of runs with one name, the latest (whichever store holds it).
+    Comparison, analysis and ablation runs (``adagrpo.kind``) are not training runs and are left out."""
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
+    if frame is None:
+        return pd.DataFrame()
+    for col in ("tags.mlflow.runName", f"tags.{TAG_KIND}"):
+        if col not in frame:
+            frame[col] = None
+    frame["name"] = frame["tags.mlflow.runName"].fillna(frame["run_id"])
+    frame = frame[~frame[f"tags.{TAG_KIND}"].isin(REPORT_KINDS)]
+    frame = frame.sort_values("start_time", ascending=False, kind="stable")
+    return frame.drop_duplicates("name", keep="first")  # a rerun of a name (quickstart --force) replaces the older
+
+
 def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: list[str] | None = None,
             also_from: list[str] | None = None) -> list[RunRow]:
     """One row per finished policy run of ``experiment`` (runs without test metrics are skipped), read from
     ``tracking_uri`` and from the stores in ``also_from`` (e.g. studies run in parallel into separate SQLite
-    files); of runs with one name, the latest counts, whichever store holds it."""
+    files); of runs with one name, the latest counts, whichever store holds it. Variant and seed come from the
+    runs' tags (their names for older runs)."""
     from mlflow.tracking import MlflowClient
 
     uris = [tracking_uri or tracking_uri_default(), *(also_from or [])]
     for uri in uris:  # MLflow would create a missing SQLite file: refuse before anything is written
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
             raise CompareError(f"no MLflow store at {uri} (no such file)")
-    found = []  # (start_time, client, run)
-    for uri in uris:
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            names = sorted(e.name for e in client.search_experiments())
-            raise CompareError(f"no MLflow experiment named {experiment!r} in {uri} "
-                               f"(experiments there: {names or 'none'})")
-        runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
-        found += [(run.info.start_time or 0, client, run) for run in runs]
-    found.sort(key=lambda t: t[0], reverse=True)
-    latest: dict[str, tuple] = {}
-    for _, client, run in found:  # a rerun of a name (quickstart --force, a repeated ablation) replaces the older
-        latest.setdefault(run.data.tags.get("mlflow.runName", run.info.run_id), (client, run))
-    if not latest:
+    runs = latest_runs([search_runs(experiment, uri) for uri in uris])
+    if not len(runs):
         raise CompareError(f"experiment {experiment!r} has no runs yet")
+    metric_cols = [c for c in runs.columns if c.startswith("metrics.")]
+    evaluated = runs[metric_cols].columns[runs[metric_cols].columns.str.match(r"metrics\.(test|test_last)/hr_")]
+    policy_runs = runs[runs[list(evaluated)].notna().any(axis=1)] if len(evaluated) else runs.iloc[0:0]
+    if not len(policy_runs):  # e.g. only the reward model, or fits not yet tested
+        raise CompareError(f"experiment {experiment!r} has {len(runs)} runs but none has test metrics; "
+                           "run `adagrpo test` on them first")
     keys = [k for _, k in COLUMNS + SEEN_COLUMNS] + list(extra_metrics or [])
+    tag_cols = [c for c in policy_runs.columns if c.startswith("tags.")]
+    clients: dict[str, MlflowClient] = {}
     rows = []
-    for client, run in latest.values():
-        metrics = run.data.metrics
-        if not any(k.startswith("test/hr_") or k.startswith("test_last/hr_") for k in metrics):
-            continue  # not an evaluated policy run (e.g. the reward model, or a fit not yet tested)
-        name = run.data.tags.get("mlflow.runName", run.info.run_id[:8])
-        row = RunRow.named(name, label=run.data.tags.get("adagrpo.label", name))
-        for key in keys:
-            if key in metrics:
-                row.values[key] = float(metrics[key])
-        for _, key in HISTORY_COLUMNS:
-            history = client.get_metric_history(run.info.run_id, key)
+    for rec in policy_runs.to_dict("records"):
+        tags = {c[len("tags."):]: v for c in tag_cols if isinstance(v := rec.get(c), str)}
+        values = {k: float(rec[f"metrics.{k}"]) for k in keys
+                  if f"metrics.{k}" in rec and rec[f"metrics.{k}"] is not None and not pd.isna(rec[f"metrics.{k}"])}
+        row = RunRow.tagged(rec["name"], tags, values)
+        client = clients.setdefault(rec["store"], MlflowClient(tracking_uri=rec["store"]))
+        for _, key in HISTORY_COLUMNS:  # over training, not the last value
+            history = client.get_metric_history(rec["run_id"], key)
             if history:
                 row.values[key] = statistics.fmean(h.value for h in history)
         rows.append(row)
-    if not rows:
-        raise CompareError(f"experiment {experiment!r} has {len(latest)} runs but none has test metrics; "
-                           "run `adagrpo test` on them first")
     for key in extra_metrics or []:
         if not any(key in r.values for r in rows):
             have = sorted({k for r in rows for k in r.values})
@@ -120,19 +160,28 @@ def collect(experiment: str, tracking_uri: str | None = None, extra_metrics: lis
     return rows
 
 
+def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
+    """One line per run: ``name, variant, label, seed`` and a column per metric."""
+    return pd.DataFrame([{"name": r.name, "variant": r.variant, "label": r.label, "seed": r.seed, **r.values}
+                         for r in rows])
+
+
 def aggregate(rows: list[RunRow], keys: list[str]) -> list[dict]:
-    """Group runs by variant: mean, std and count of every key."""
-    groups: dict[str, list[RunRow]] = {}
-    for r in rows:
-        groups.setdefault(r.variant, []).append(r)
+    """Group runs by variant: mean, std and count of every key (non-finite values left out)."""
+    frame = runs_frame(rows)
+    for key in keys:
+        frame[key] = pd.to_numeric(frame[key], errors="coerce") if key in frame else math.nan
+    finite = frame[keys].where(np.isfinite(frame[keys].astype(float)))
+    grouped = finite.groupby(frame["variant"], sort=False)
+    mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count()
     out = []
-    for variant, members in groups.items():
-        entry: dict = {"variant": variant, "label": members[0].label, "runs": len(members)}
+    for variant, members in frame.groupby("variant", sort=False):
+        entry: dict = {"variant": variant, "label": members["label"].iloc[0], "runs": len(members)}
         for key in keys:
-            vals = [r.values[key] for r in members if key in r.values and math.isfinite(r.values[key])]
-            entry[key] = statistics.fmean(vals) if vals else math.nan
-            entry[f"{key}:std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else math.nan)
-            entry[f"{key}:n"] = len(vals)
+            n = int(count.at[variant, key])
+            entry[key] = float(mean.at[variant, key]) if n else math.nan
+            entry[f"{key}:std"] = float(std.at[variant, key]) if n > 1 else (0.0 if n else math.nan)
+            entry[f"{key}:n"] = n
         out.append(entry)
     order = {"sft": 0}
     out.sort(key=lambda e: (order.get(e["variant"], 1), e["variant"]))
@@ -175,13 +224,32 @@ def paired(rows: list[RunRow], baseline: str, keys: list[str]) -> list[dict]:
     return out
 
 
+def format_value(value: float, std: float | None = None, signed: bool = False, digits: int = 4) -> str:
+    """A number as the table prints it. Alone: ``digits`` significant figures (``0.09412``, ``0.5000``). With a
+    spread: the spread to two significant figures and the mean to the same decimal place (``0.0941±0.0032``,
+    ``0.000412±0.000031``), so a small spread never prints as ``±0.0000``; an exact zero spread prints ``±0``."""
+    if not math.isfinite(value):
+        return "-"
+    sign = "+" if signed and value >= 0 else ""
+    if std is None or not math.isfinite(std):
+        return sign + _sig(value, digits)
+    if std == 0:
+        return f"{sign}{_sig(value, digits)}±0"
+    decimals = max(0, 1 - math.floor(math.log10(abs(std))))
+    if decimals > 10:  # a spread far below the value's own precision: scientific notation
+        return f"{sign}{_sig(value, digits)}±{std:.1e}"
+    return f"{sign}{value:.{decimals}f}±{std:.{decimals}f}"
+
+
+def _sig(value: float, digits: int) -> str:
+    text = f"{value:#.{digits}g}"
+    return text.rstrip(".") if "e" not in text else text
+
+
 def format_table(entries: list[dict], keys: list[tuple[str, str]], signed: bool = False) -> str:
     def cell(e: dict, key: str) -> str:
-        v, s = e.get(key, math.nan), e.get(f"{key}:std", math.nan)
-        if not math.isfinite(v):
-            return "-"
-        sign = "+" if signed and v >= 0 else ""
-        return f"{sign}{v:.4f}±{s:.4f}" if e.get(f"{key}:n", e["runs"]) > 1 else f"{sign}{v:.4f}"
+        spread = e.get(f"{key}:std", math.nan) if e.get(f"{key}:n", e["runs"]) > 1 else None
+        return format_value(e.get(key, math.nan), spread, signed)
 
     header = ["variant", "pairs" if signed else "runs"] + [title for title, _ in keys]
     body = [[e["variant"], str(e["runs"])] + [cell(e, k) for _, k in keys] for e in entries]
@@ -261,8 +329,12 @@ def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str |
 
         mlflow.set_tracking_uri(tracking_uri or tracking_uri_default())
         mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name="compare"):
+        # its own kind of run (not a training run; compare skips it), nested under the ablation that ran it
+        tags = {TAG_KIND: "comparison"}
+        if os.environ.get(PARENT_RUN_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+        with mlflow.start_run(run_name="compare", tags=tags):
             for path in [*outputs, png_path]:
                 mlflow.log_artifact(str(path))
-            mlflow.set_tag("adagrpo.kind", "comparison")
+            mlflow.log_params({"paired_with": paired_with or "", "stores": len(also_from or []) + 1})
     return table, outputs, png_path

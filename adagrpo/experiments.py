@@ -8,6 +8,7 @@ and the keys of the stages it depends on — and its checkpoint still exists; ``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +116,44 @@ def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs
         records[stage.run_name] = record
         print(f"[{stage.run_name}] done in {record['seconds']} s", flush=True)
     return records
+
+
+@contextlib.contextmanager
+def ablation_run(experiment: str, configs: list[str], seeds: list[int], overrides: list[str],
+                 tracking_uri: str | None = None) -> Iterator[str]:
+    """An MLflow parent run for ``adagrpo ablate`` (``adagrpo.kind = ablation``; its grid as params). While it is
+    open, :data:`~adagrpo.run_config.PARENT_RUN_ENV` names it, so the stages' fits (subprocesses) and the
+    comparison nest under it in the MLflow UI. Ends FINISHED, or FAILED if the pipeline raises."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from adagrpo.compare import tracking_uri_default
+    from adagrpo.run_config import PARENT_RUN_ENV, TAG_KIND
+
+    from adagrpo.mlflow_store import ensure_store
+
+    uri = tracking_uri or tracking_uri_default()
+    ensure_store(uri, experiment)  # a SQLite store shared with the stages' fits: created once, under a lock
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name="ablation", tags={TAG_KIND: "ablation"})
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param("configs", json.dumps([Path(c).stem for c in configs])[:500]),
+                                     Param("seeds", json.dumps(seeds)),
+                                     Param("overrides", shlex.join(overrides)[:500])])
+    previous = os.environ.get(PARENT_RUN_ENV)
+    os.environ[PARENT_RUN_ENV] = run_id
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_RUN_ENV, None)
+        else:
+            os.environ[PARENT_RUN_ENV] = previous
+        client.set_terminated(run_id, status)
 
 
 def quickstart_stages(experiment: str, runs_root: Path, fast: bool = False) -> list[Stage]:

@@ -16,15 +16,17 @@ from adagrpo.compare import CompareError, RunRow, collect, paired
 EXP = "study"
 
 
-def make_store(path, runs: dict[str, dict[str, float]], experiment: str = EXP) -> str:
-    """A SQLite MLflow store with ``experiment`` holding ``runs`` (name → metrics), logged in order."""
+def make_store(path, runs: dict[str, dict[str, float]], experiment: str = EXP,
+               tags: dict[str, dict[str, str]] | None = None) -> str:
+    """A SQLite MLflow store with ``experiment`` holding ``runs`` (name → metrics; ``tags``: name → tags), logged
+    in order."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{path}"
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment(experiment)
     for name, metrics in runs.items():
-        run = client.create_run(exp_id, run_name=name)
+        run = client.create_run(exp_id, run_name=name, tags=(tags or {}).get(name))
         for key, value in metrics.items():
             client.log_metric(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id)
@@ -117,7 +119,7 @@ def test_cli_prints_and_writes_the_paired_table(tmp_path, capsys):
     assert rc == 0, out
     section = out.split("paired with base", 1)[1]
     ada = next(line for line in section.splitlines() if line.startswith("ada"))
-    assert ada.split()[1] == "2" and ada.split()[2] == "+0.0300±0.0141"  # differences 0.02 and 0.04
+    assert ada.split()[1] == "2" and ada.split()[2] == "+0.030±0.014"  # differences 0.02 and 0.04
     bad = next(line for line in section.splitlines() if line.startswith("bad"))
     assert bad.split()[1:3] == ["1", "-0.1500"]  # one pair: no ± ; negative differences keep their sign
     assert "no run shares a seed with base: sft" in section
@@ -158,3 +160,33 @@ def test_table_shows_true_filtered_and_repeat_columns_that_some_run_logged(tmp_p
     assert cells["best filt. true HR@10"] == "0.8000" and cells["best repeat@10"] == "0.2500"
     ada = next(line for line in out.splitlines() if line.startswith("ada"))
     assert dict(zip(titles, re.split(r"\s{2,}", ada.strip())))["best filt. HR@10"] == "-"
+
+
+def test_collect_reads_variant_and_seed_tags_and_skips_report_runs(tmp_path):
+    store = make_store(tmp_path / "a.db", {
+        "ada-s0": {"test/hr_10": 0.30},  # an old run: no tags, its name says variant and seed
+        "my adagrpo run": {"test/hr_10": 0.40},  # tags say what the name does not
+        "compare": {"test/hr_10": 0.99},  # a report run, even if it carried such a metric
+    }, tags={"my adagrpo run": {"variant": "ada", "seed": "1", "stage": "rl"},
+             "compare": {"adagrpo.kind": "comparison"}})
+    rows = {r.name: r for r in collect(EXP, store)}
+    assert set(rows) == {"ada-s0", "my adagrpo run"}
+    assert (rows["ada-s0"].variant, rows["ada-s0"].seed) == ("ada", 0)
+    assert (rows["my adagrpo run"].variant, rows["my adagrpo run"].seed) == ("ada", 1)
+
+
+@pytest.mark.parametrize("value, std, signed, text", [
+    (0.094123, None, False, "0.09412"),
+    (0.5, None, False, "0.5000"),
+    (0.094123, 0.0032, False, "0.0941±0.0032"),
+    (0.000412, 0.0000312, False, "0.000412±0.000031"),  # the spread that printed as ±0.0000
+    (0.03, 0.014142, True, "+0.030±0.014"),
+    (-0.15, None, True, "-0.1500"),
+    (0.25, 0.0, False, "0.2500±0"),
+    (math.nan, 0.1, False, "-"),
+    (12.3456, 1.234, False, "12.3±1.2"),
+])
+def test_numbers_print_with_significant_figures(value, std, signed, text):
+    from adagrpo.compare import format_value
+
+    assert format_value(value, std, signed) == text
