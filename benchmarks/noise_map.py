@@ -1,0 +1,404 @@
+"""The noise map (issue 11): where does gating pay? A resumable grid of ordinary ``adagrpo fit``/``test`` runs over
+reward noise × where it lives, on a world with an imitation deficit, with paired comparisons by seed.
+
+Each seed trains its own SFT policy (``--seed_everything`` and data order) and draws its own reward noise (the
+``NoisyReward`` seed), so seeds vary the SFT and the reward model, not only the prompt order. Every RL arm of a
+seed starts from that seed's SFT checkpoint and is tested at its **final** checkpoint on the same seeded test users.
+
+    python -m benchmarks.noise_map plan                 # the stages and the commands, nothing run
+    python -m benchmarks.noise_map run --workers 2      # resumable: finished stages are skipped
+    python -m benchmarks.noise_map report               # tables, paired intervals, heatmaps
+
+Stages are claimed through lock files (``runs/noise-map/<stage>/claim``, holding the pid), so several workers share
+one queue and a rerun after a crash (or a new session) picks up exactly the unfinished stages. Each worker writes
+its own MLflow store (``runs/noise-map/mlflow_w<k>.db``); a finished stage's metrics are copied into
+``runs/noise-map/<stage>/done.json`` and appended to ``benchmarks/results/noise_map/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "noise-map"
+RESULTS = REPO / "benchmarks" / "results" / "noise_map"
+
+WORLD = {"sft_data": "configs/data/synthetic_biased.yaml", "rl_data": "configs/data/synthetic_biased_rl.yaml"}
+# Noise levels in reward (utility) units, fixed before any RL run from the calibration report of the seed-0 SFT
+# policy (benchmarks/results/calibration.md): "moderate" is where a uniformly noisy reward orders the policy's beams
+# about as well as the policy does; "large" is four times that.
+MODERATE, LARGE = 0.1, 0.4
+CELLS = {  # name -> (noise, where)
+    "clean": (0.0, "uniform"),
+    "tail-moderate": (MODERATE, "tail"),
+    "uniform-moderate": (MODERATE, "uniform"),
+    "uniform-large": (LARGE, "uniform"),
+    "tail-large": (LARGE, "tail"),
+    "segment-moderate": (MODERATE, "segment"),
+}
+MAIN_CELLS = ["clean", "tail-moderate", "uniform-moderate", "uniform-large"]
+ARMS = ["grpo_fixed_0.1", "grpo_fixed_0.3", "grpo_fixed_1.0", "adagrpo", "adagrpo_relative", "adagrpo_oracle"]
+CONTROL = "continue_sft"
+EXTRA = [("clean", "pure_grpo")]  # pure GRPO in one cell
+METRICS = ["test_last/true/hr_10", "test_last/filtered/true/hr_10", "test_last/true/utility_10",
+           "test_last/filtered/true/utility_10", "test_last/hr_10", "test_last/filtered/hr_10",
+           "test_last/repeat_rate_10", "gate/open_rate", "gate/oracle_rate", "gate/oracle_agreement",
+           "diag/rm_concordance", "diag/policy_concordance", "reward/repeat", "loss/grpo", "kl"]
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str  # sft | rl
+    fit: list[str]
+    test: list[str] = field(default_factory=list)
+    depends: str | None = None
+    info: dict = field(default_factory=dict)
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps([self.fit, self.test]).encode()).hexdigest()[:16]
+
+
+def reward_spec(noise: float, where: str, seed: int) -> str:
+    return json.dumps({"class_path": "adagrpo.lightning_modules.NoisyReward",
+                       "init_args": {"noise": noise, "noise_on": where, "seed": seed}})
+
+
+def plan(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: Path) -> list[Stage]:
+    stages: list[Stage] = []
+    common = ["--experiment", EXPERIMENT]
+    for s in seeds:
+        seeded = ["--seed_everything", str(s), "--data.init_args.seed", str(s)]
+        stages.append(Stage(f"sft-s{s}", "sft", [
+            "fit", "--config", "configs/experiments/sft.yaml", "--data", WORLD["sft_data"], *common,
+            "--run_name", f"sft-s{s}", *seeded, "--trainer.max_epochs", "6",
+            "--data.init_args.max_eval_samples", "300"], info={"seed": s}))
+    rl_eval = ["--data.init_args.max_eval_samples", "200", "--data.init_args.max_test_samples", str(test_users),
+               "--model.init_args.test_unconstrained", "false", "--model.init_args.val_unconstrained", "false"]
+
+    def rl(s: int, cell: str, arm: str) -> Stage:
+        noise, where = CELLS[cell]
+        name = f"{cell}-{arm}-s{s}" if arm != CONTROL else f"{CONTROL}-s{s}"
+        base = ["--config", f"configs/experiments/{arm}.yaml", "--data", WORLD["rl_data"], *common, "--run_name", name,
+                "--seed_everything", str(s), "--data.init_args.seed", str(s),
+                "--model.init_args.init_from", str(runs / EXPERIMENT / f"sft-s{s}" / "best.ckpt"),
+                "--model.init_args.reward", reward_spec(noise, where, s), *rl_eval]
+        fit = ["fit", *base, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
+        return Stage(name, "rl", fit, ["test", *base, "--checkpoint", "last"], depends=f"sft-s{s}",
+                     info={"seed": s, "cell": cell if arm != CONTROL else "-", "arm": arm, "noise": noise,
+                           "where": where})
+
+    # The main cells for every seed first, then the extra cells: a run cut short still has complete seeds.
+    main = [c for c in cells if c in MAIN_CELLS]
+    for s in seeds:
+        stages.append(rl(s, "clean", CONTROL))
+        for cell in main:
+            for arm in ARMS:
+                stages.append(rl(s, cell, arm))
+        for cell, arm in EXTRA:
+            if cell in cells:
+                stages.append(rl(s, cell, arm))
+    for s in seeds:
+        for cell in cells:
+            if cell not in MAIN_CELLS:
+                stages.extend(rl(s, cell, arm) for arm in ARMS)
+    return stages
+
+
+# ------------------------------------------------------------------------------------------------ running
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _claim(folder: Path) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    claim = folder / "claim"
+    if claim.exists():
+        try:
+            pid = int(claim.read_text().strip() or 0)
+        except ValueError:
+            pid = 0
+        if pid and _alive(pid):
+            return False
+        claim.unlink(missing_ok=True)  # left by a worker that died
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def _done(folder: Path, stage: Stage) -> dict | None:
+    path = folder / "done.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("key") == stage.key() else None
+
+
+def _run(cmd: list[str], env: dict, log: Path) -> None:
+    with log.open("a") as fh:
+        fh.write(f"\n$ adagrpo {' '.join(cmd)}\n")
+        fh.flush()
+        code = subprocess.call([sys.executable, "-m", "adagrpo", *cmd], env=env, cwd=REPO, stdout=fh,
+                               stderr=subprocess.STDOUT)
+    if code:
+        raise RuntimeError(f"exit {code}: adagrpo {' '.join(cmd[:6])} … (log {log})")
+
+
+def _metrics(tracking_uri: str, record_dir: Path) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    record = json.loads((record_dir / "latest.json").read_text())
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(record["mlflow_run_id"])
+    return {k: v for k, v in run.data.metrics.items() if k in METRICS or k.startswith("test_last/")}
+
+
+def worker(stages: list[Stage], index: int, runs: Path, max_failures: int = 3) -> None:
+    tracking_uri = f"sqlite:///{(runs / EXPERIMENT / f'mlflow_w{index}.db').resolve()}"
+    env = {**os.environ, "ADAGRPO_RUNS": str(runs.resolve()), "MLFLOW_TRACKING_URI": tracking_uri,
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    failures = 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    pending = list(stages)
+    while pending:
+        progressed = False
+        for stage in list(pending):
+            folder = runs / EXPERIMENT / stage.name
+            if _done(folder, stage):
+                pending.remove(stage)
+                continue
+            if stage.depends and not _done(runs / EXPERIMENT / stage.depends,
+                                           next(s for s in stages if s.name == stage.depends)):
+                continue
+            if not _claim(folder):
+                continue
+            start = time.time()
+            log = folder / "stage.log"
+            try:
+                # A stage killed half-way left a partial record: keep it aside, never overwrite it silently.
+                for partial in ("latest.json", "best.ckpt", "last.ckpt"):
+                    if (folder / partial).exists():
+                        aside = folder / f"partial-{int(start)}"
+                        aside.mkdir(exist_ok=True)
+                        shutil.move(str(folder / partial), str(aside / partial))
+                print(f"[w{index}] {stage.name} …", flush=True)
+                _run(stage.fit, env, log)
+                if stage.test:
+                    _run(stage.test, env, log)
+                metrics = _metrics(tracking_uri, folder)
+                record = {"stage": stage.name, "key": stage.key(), **stage.info, "metrics": metrics,
+                          "seconds": round(time.time() - start, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          "worker": index}
+                (folder / "done.json").write_text(json.dumps(record, indent=1))
+                with (RESULTS / "results.jsonl").open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                print(f"[w{index}] {stage.name} done in {record['seconds']} s", flush=True)
+                pending.remove(stage)
+                progressed = True
+            except Exception as err:  # noqa: BLE001 — the stage stays pending for a rerun
+                failures += 1
+                print(f"[w{index}] {stage.name} FAILED: {err}", flush=True)
+                pending.remove(stage)
+                if failures >= max_failures:
+                    raise SystemExit(f"[w{index}] {failures} failed stages; stopping") from None
+            finally:
+                (folder / "claim").unlink(missing_ok=True)
+        if not progressed and pending:
+            time.sleep(20)  # waiting for a dependency another worker is running
+
+
+# ------------------------------------------------------------------------------------------------ report
+def load_results(path: Path = RESULTS / "results.jsonl") -> list[dict]:
+    latest: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                latest[r["stage"]] = r  # a rerun of a stage supersedes its earlier line
+    return list(latest.values())
+
+
+def t_interval(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval of paired differences (one per seed)."""
+    from scipy import stats
+
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return mean, math.nan, math.nan
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_table(results: list[dict], metric: str) -> dict:
+    """For each (cell, arm): per-seed values, the paired difference to the control and to the best fixed mixture
+    of the cell (chosen by its seed-mean), with 95 % intervals."""
+    control = {r["seed"]: r["metrics"].get(metric) for r in results if r["arm"] == CONTROL}
+    by_cell: dict[str, dict[str, dict[int, float]]] = {}
+    for r in results:
+        if r["arm"] == CONTROL:
+            continue
+        by_cell.setdefault(r["cell"], {}).setdefault(r["arm"], {})[r["seed"]] = r["metrics"].get(metric)
+    out = {}
+    for cell, arms in by_cell.items():
+        fixed = {a: v for a, v in arms.items() if a.startswith("grpo_fixed")}
+        best_fixed = max(fixed, key=lambda a: _mean(fixed[a].values())) if fixed else None
+        for arm, values in arms.items():
+            row = {"values": values, "mean": _mean(values.values())}
+            seeds = [s for s in values if control.get(s) is not None and values[s] is not None]
+            if seeds:
+                row["vs_control"] = t_interval([values[s] - control[s] for s in seeds])
+            if best_fixed and arm != best_fixed:
+                bf = arms[best_fixed]
+                seeds_bf = [s for s in values if bf.get(s) is not None and values[s] is not None]
+                if seeds_bf:
+                    row["vs_best_fixed"] = t_interval([values[s] - bf[s] for s in seeds_bf])
+            row["best_fixed"] = best_fixed
+            out[(cell, arm)] = row
+    out[("-", CONTROL)] = {"values": control, "mean": _mean(v for v in control.values() if v is not None)}
+    return out
+
+
+def _mean(values) -> float:  # noqa: ANN001
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return sum(v) / len(v) if v else math.nan
+
+
+def heatmap(table: dict, cells: list[str], arms: list[str], key: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.full((len(arms), len(cells)), np.nan)
+    lo = np.full_like(grid, np.nan)
+    hi = np.full_like(grid, np.nan)
+    for j, cell in enumerate(cells):
+        for i, arm in enumerate(arms):
+            row = table.get((cell, arm), {})
+            if key in row:
+                grid[i, j], lo[i, j], hi[i, j] = row[key]
+    fig, ax = plt.subplots(figsize=(1.6 * len(cells) + 2.5, 0.55 * len(arms) + 1.8))
+    bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+    im = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+    for i in range(len(arms)):
+        for j in range(len(cells)):
+            if np.isfinite(grid[i, j]):
+                mark = "*" if (lo[i, j] > 0 or hi[i, j] < 0) else ""
+                ax.text(j, i, f"{grid[i, j]:+.3f}{mark}\n[{lo[i, j]:+.3f}, {hi[i, j]:+.3f}]", ha="center",
+                        va="center", fontsize=7)
+    ax.set_xticks(range(len(cells)), cells, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(len(arms)), arms, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="paired difference (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def report(metric: str, out: Path) -> str:
+    results = [r for r in load_results() if r.get("arm")]
+    if not results:
+        return "no results yet"
+    table = paired_table(results, metric)
+    cells = [c for c in CELLS if any(k[0] == c for k in table)]
+    arms = [a for a in [*ARMS, "pure_grpo"] if any(k[1] == a for k in table)]
+    out.mkdir(parents=True, exist_ok=True)
+    short = metric.replace("test_last/", "").replace("/", "_")
+    heatmap(table, cells, arms, "vs_control", out / f"heatmap_{short}_vs_control.png",
+            f"{metric} (final): arm − continue-SFT control, 95 % t-interval over seeds (* excludes 0)")
+    heatmap(table, cells, [a for a in arms if not a.startswith("grpo_fixed")], "vs_best_fixed",
+            out / f"heatmap_{short}_vs_best_fixed.png",
+            f"{metric} (final): arm − the cell's best fixed mixture, 95 % t-interval (* excludes 0)")
+    fmt = lambda t: "–" if not t or not math.isfinite(t[0]) else (  # noqa: E731
+        f"{t[0]:+.4f} [{t[1]:+.4f}, {t[2]:+.4f}]" if math.isfinite(t[1]) else f"{t[0]:+.4f} [n=1]")
+    lines = [f"metric: {metric} (final checkpoints); control (continue-SFT) mean "
+             f"{table[('-', CONTROL)]['mean']:.4f} over seeds {sorted(table[('-', CONTROL)]['values'])}", "",
+             "| cell | arm | seeds | mean | − control (95 % CI) | − best fixed (95 % CI) |",
+             "|---|---|---|---|---|---|"]
+    for cell in cells:
+        for arm in arms:
+            row = table.get((cell, arm))
+            if not row:
+                continue
+            bf = row.get("best_fixed")
+            lines.append(f"| {cell} | {arm}{' (best fixed)' if arm == bf else ''} | {len(row['values'])} | "
+                         f"{row['mean']:.4f} | {fmt(row.get('vs_control'))} | {fmt(row.get('vs_best_fixed'))} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.noise_map", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["plan", "run", "report"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per RL run (B = 32 prompts × G = 16)")
+    parser.add_argument("--test-users", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs", type=Path, default=REPO / "runs")
+    parser.add_argument("--metric", action="append", default=None)
+    parser.add_argument("--only", choices=["sft", "all"], default="all", help="run only the SFT stages")
+    args = parser.parse_args(argv)
+    stages = plan(args.seeds, args.steps, args.test_users, args.cells, args.runs)
+    if args.only == "sft":
+        stages = [st for st in stages if st.kind == "sft"]
+    if args.action == "plan":
+        for st in stages:
+            done = _done(args.runs / EXPERIMENT / st.name, st)
+            print(f"{'done' if done else 'todo'}  {st.name}")
+        print(f"{len(stages)} stages")
+        return 0
+    if args.action == "run":
+        procs = []
+        for k in range(1, args.workers):
+            code = "import sys; from benchmarks.noise_map import _worker_main; _worker_main(sys.argv[1:])"
+            cmd = [sys.executable, "-c", code, str(k), json.dumps(argv or sys.argv[1:])]
+            procs.append(subprocess.Popen(cmd, cwd=REPO))
+        worker(stages, 0, args.runs)
+        for p in procs:
+            p.wait()
+        return 0
+    out = RESULTS
+    texts = [report(m, out) for m in (args.metric or ["test_last/true/hr_10", "test_last/filtered/true/hr_10"])]
+    print("\n\n".join(texts))
+    return 0
+
+
+def _worker_main(argv: list[str]) -> None:
+    index, original = int(argv[0]), json.loads(argv[1])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("action")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--cells", nargs="+", default=list(CELLS))
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--test-users", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs", type=Path, default=REPO / "runs")
+    parser.add_argument("--metric", action="append", default=None)
+    parser.add_argument("--only", default="all")
+    args = parser.parse_args(original)
+    stages = plan(args.seeds, args.steps, args.test_users, args.cells, args.runs)
+    worker([st for st in stages if args.only == "all" or st.kind == "sft"], index, args.runs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
