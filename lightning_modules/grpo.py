@@ -130,6 +130,8 @@ class GRPOModule(PolicyModule):
         val_unconstrained: also evaluate unconstrained decoding (hallucination rate) in validation.
         test_unconstrained: also evaluate unconstrained decoding (hallucination rate) in test.
         test_prefix: metric prefix of ``test`` (``adagrpo test --checkpoint last`` sets ``test_last``).
+        val_filter_seen: also rank with the history excluded in validation (``val/filtered/...``).
+        test_filter_seen: also rank with the history excluded in test (``test/filtered/...``).
     """
 
     #: GRPO trains on prompt batches (``configs/data/*_rl.yaml``)
@@ -170,10 +172,12 @@ class GRPOModule(PolicyModule):
         val_unconstrained: bool = True,
         test_unconstrained: bool = True,
         test_prefix: str = "test",
+        val_filter_seen: bool = True,
+        test_filter_seen: bool = True,
     ) -> None:
         super().__init__(policy=policy, optimizer=optimizer, scheduler=scheduler, beam_width=beam_width, ks=ks,
                          val_unconstrained=val_unconstrained, test_unconstrained=test_unconstrained,
-                         test_prefix=test_prefix)
+                         test_prefix=test_prefix, val_filter_seen=val_filter_seen, test_filter_seen=test_filter_seen)
         self._explicit_policy = policy is not None
         checks = {
             "num_generations": num_generations >= 2,
@@ -306,7 +310,7 @@ class GRPOModule(PolicyModule):
         self.policy.eval()
         with gathered(self.policy):  # under FSDP2: one all-gather for the whole rollout, not one per token
             cands = self.engine.generate(self.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids,
-                                         self.rollout_config)
+                                         self.rollout_config, exclude=self.excluded(batch))
         tokens, items, valid = cands.tokens, cands.items, cands.valid  # [B, G, L], [B, G], [B, G]
         if self.inject_gt:
             missing = ~(items == batch.target[:, None]).any(1)  # [B]
@@ -360,8 +364,10 @@ class GRPOModule(PolicyModule):
         constrained = self.rollout_config.constrained
         # Ratio and KL use the distribution the rollout sampled from: tempered when sampling at T != 1.
         temp = self.rollout_config.temperature if self.rollout_config.mode == "sample" else 1.0
-        logp = token_logprobs(logits[:, :g] / temp, ro.tokens, self.engine, constrained)  # [B, G, L]
-        gt_support = token_logprobs(logits[:, g:], batch.target_tokens[:, None], self.engine, constrained)  # [B,1,L]
+        excl = self.excluded(batch)  # the support the rollout decoded from: without seen items when exclude_seen
+        logp = token_logprobs(logits[:, :g] / temp, ro.tokens, self.engine, constrained, excl)  # [B, G, L]
+        gt_support = token_logprobs(logits[:, g:], batch.target_tokens[:, None], self.engine, constrained,
+                                    excl)  # [B, 1, L]
         gt_full = token_logprobs(logits[:, g:], batch.target_tokens[:, None])  # [B, 1, L]
         nll = -gt_full[:, 0].mean(1)  # [B], token-mean NLL of y* (full vocabulary, as in SFT)
         old = logp.detach() if old_logp is None else old_logp
@@ -379,7 +385,7 @@ class GRPOModule(PolicyModule):
         if old_logp is None:  # the rollout policy's diagnostics, both sides at temperature 1
             with torch.no_grad():
                 cand = logp.detach() if temp == 1.0 else token_logprobs(
-                    logits[:, :g].detach(), ro.tokens, self.engine, constrained)
+                    logits[:, :g].detach(), ro.tokens, self.engine, constrained, excl)
                 ok = ro.valid & ~ro.repeat
                 diag = compute_diagnostics(ro.items, ok, cand.sum(2), batch.target,
                                            gt_support[:, 0].detach().sum(1), ro.rewards, ro.gt_reward)
@@ -395,7 +401,12 @@ class GRPOModule(PolicyModule):
             return None
         logits = candidate_logits(self.reference, batch.prompt_ids, batch.prompt_mask, batch.position_ids, ro.tokens)
         temp = self.rollout_config.temperature if self.rollout_config.mode == "sample" else 1.0
-        return token_logprobs(logits / temp, ro.tokens, self.engine, self.rollout_config.constrained)
+        return token_logprobs(logits / temp, ro.tokens, self.engine, self.rollout_config.constrained,
+                              self.excluded(batch))
+
+    def excluded(self, batch: PromptBatch) -> torch.Tensor | None:
+        """Items the rollouts may not propose ``[B, H]`` (the user's history) when ``exclude_seen``; else None."""
+        return batch.history if self.exclude_seen else None
 
     # ------------------------------------------------------------------------------- training
     def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:

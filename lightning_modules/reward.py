@@ -406,7 +406,8 @@ class NoisyReward(OracleReward):
     Args:
         noise: noise std where it lives (0 = the oracle exactly).
         noise_on: ``popularity``, ``uniform``, ``tail`` or ``segment`` (above).
-        popularity_exponent, max_factor: the ``popularity`` form's shape.
+        popularity_exponent: how much faster noise grows towards the tail (``popularity`` form; 0 = same for all).
+        max_factor: cap on the per-item noise multiplier (``popularity`` form).
         head_share: share of items that count as the head (``tail``).
         segment_share: share of users in the noisy segment (``segment``).
         clean_factor: noise multiplier off the noisy part (``tail``, ``segment``).

@@ -438,3 +438,20 @@ def test_group_spread_hand_computed():
     # row 0: std(1, 3) = sqrt(2); row 1 has one reward, row 2 zero spread: both get the mean of the usable rows
     expected = torch.tensor([[2**0.5], [2**0.5], [2**0.5]])
     torch.testing.assert_close(group_spread(rewards, mask), expected)
+
+
+def test_exclude_seen_rollouts_never_propose_a_history_item(rl_dm, sft_ckpt, batch):
+    g = make_grpo(rl_dm, sft_ckpt, reward=OracleReward(), num_generations=8)
+    first = g.rollout(batch).items[:, :2]
+    batch = copy.copy(batch)
+    batch.history = batch.history.clone()
+    batch.history[:, :2] = first  # the unfiltered rollout's top two are now in every history
+    assert g.rollout(batch).repeat.any()
+    f = make_grpo(rl_dm, sft_ckpt, reward=OracleReward(), num_generations=8, exclude_seen=True)
+    ro = f.rollout(batch)
+    assert not ro.repeat.any() and ro.valid.all()
+    # ratio and KL use the rollout's support: at step 0 the ratio is exactly 1 and the KL 0
+    ref = f.reference_logprobs(batch, ro)
+    out, _ = f.losses(batch, ro, None, ref)
+    torch.testing.assert_close(out.ratio_mean, torch.ones_like(out.ratio_mean))
+    torch.testing.assert_close(out.kl, torch.zeros_like(out.kl), atol=1e-6, rtol=0)
