@@ -23,7 +23,7 @@ def test_pairs_seeds_across_files(tmp_path, capsys):
     out = capsys.readouterr().out
     ada = next(line for line in out.splitlines() if line.startswith("ada"))
     # noisy: 0.0 and +0.1 → +0.05 ± 0.0707; discriminative: +0.2 and +0.1 → +0.15 ± 0.0707
-    assert ada.split()[1:] == ["2", "+0.0500±0.0707", "+0.1500±0.0707"], ada
+    assert ada.split()[1:] == ["2", "+0.050±0.071", "+0.150±0.071"], ada  # spreads to 2 significant figures
     assert "noisy (10)" in out and "discriminative (30)" in out
 
 
