@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -192,14 +191,10 @@ def worker(stages: list[Stage], index: int, runs: Path, max_failures: int = 3) -
             start = time.time()
             log = folder / "stage.log"
             try:
-                # A stage killed half-way left a partial record: keep it aside, never overwrite it silently.
-                for partial in ("latest.json", "best.ckpt", "last.ckpt"):
-                    if (folder / partial).exists():
-                        aside = folder / f"partial-{int(start)}"
-                        aside.mkdir(exist_ok=True)
-                        shutil.move(str(folder / partial), str(aside / partial))
+                # A stage killed half-way left a partial record: `fit --force` replaces it (and says so in MLflow).
+                started = any((folder / f).exists() for f in ("latest.json", "running.json", "resume"))
                 print(f"[w{index}] {stage.name} …", flush=True)
-                _run(stage.fit, env, log)
+                _run([*stage.fit, "--force"] if started else stage.fit, env, log)
                 if stage.test:
                     _run(stage.test, env, log)
                 metrics = _metrics(tracking_uri, folder)
