@@ -139,7 +139,7 @@ def cmd_compare(argv: list[str]) -> int:
     print(table)
     print("")
     for path in csv_paths:
-        print(f"csv:   {path}")
+        print(f"{'plot:  ' if path.suffix == '.png' else 'csv:   '}{path}")
     print(f"plot:  {png}")
     return 0
 

@@ -188,11 +188,10 @@ def aggregate(rows: list[RunRow], keys: list[str]) -> list[dict]:
     return out
 
 
-def paired(rows: list[RunRow], baseline: str, keys: list[str]) -> list[dict]:
-    """Per-seed differences ``variant − baseline`` for every other variant: mean, std and the number of pairs
-    (``runs``; ``<key>:n`` where a metric is missing from some pairs) of each key. Runs pair by seed; a baseline of
-    one run without a seed suffix (e.g. the SFT checkpoint every RL run starts from) pairs with every run. A
-    baseline mixing seeded and unseeded runs is refused (which one would pair is ambiguous)."""
+def pairs_by_variant(rows: list[RunRow], baseline: str) -> dict[str, list[tuple[RunRow, RunRow]]]:
+    """``variant → [(run, its baseline run), …]`` for every other variant. Runs pair by seed; a baseline of one run
+    without a seed suffix (e.g. the SFT checkpoint every RL run starts from) pairs with every run. A baseline mixing
+    seeded and unseeded runs is refused (which one would pair is ambiguous)."""
     base = [r for r in rows if r.variant == baseline]
     if not base:
         variants = sorted({r.variant for r in rows})
@@ -211,12 +210,23 @@ def paired(rows: list[RunRow], baseline: str, keys: list[str]) -> list[dict]:
         groups.setdefault(r.variant, [])
         if partner is not None:
             groups[r.variant].append((r, partner))
+    return dict(sorted(groups.items()))
+
+
+def differences(pairs: list[tuple[RunRow, RunRow]], key: str) -> list[tuple[int | None, float]]:
+    """``(seed, run − baseline)`` of ``key`` over the pairs where both values are finite."""
+    return [(a.seed, a.values[key] - b.values[key]) for a, b in pairs
+            if math.isfinite(a.values.get(key, math.nan)) and math.isfinite(b.values.get(key, math.nan))]
+
+
+def paired(rows: list[RunRow], baseline: str, keys: list[str]) -> list[dict]:
+    """Per-seed differences ``variant − baseline`` for every other variant (:func:`pairs_by_variant`): mean, std
+    and the number of pairs (``runs``; ``<key>:n`` where a metric is missing from some pairs) of each key."""
     out = []
-    for variant, pairs in sorted(groups.items()):
+    for variant, pairs in pairs_by_variant(rows, baseline).items():
         entry: dict = {"variant": variant, "label": pairs[0][0].label if pairs else variant, "runs": len(pairs)}
         for key in keys:
-            diffs = [a.values[key] - b.values[key] for a, b in pairs
-                     if math.isfinite(a.values.get(key, math.nan)) and math.isfinite(b.values.get(key, math.nan))]
+            diffs = [d for _, d in differences(pairs, key)]
             entry[key] = statistics.fmean(diffs) if diffs else math.nan
             entry[f"{key}:std"] = statistics.stdev(diffs) if len(diffs) > 1 else (0.0 if diffs else math.nan)
             entry[f"{key}:n"] = len(diffs)
@@ -271,32 +281,93 @@ def write_csv(entries: list[dict], keys: list[tuple[str, str]], path: Path, coun
 
 
 def plot_frontier(entries: list[dict], path: Path, title: str) -> Path:
-    """HR@10 against unconstrained hallucination (best checkpoint filled, final checkpoint hollow)."""
+    """HR@10 against unconstrained hallucination (best checkpoint filled, final checkpoint hollow), error bars the
+    seeds' std. One name per variant (the legend; no annotations to overlap). When the hallucination rates span
+    more than a decade (pure GRPO's next to the NLL-anchored variants'), the x axis is logarithmic (symlog: a rate
+    of 0 stays on the axis), so the anchored variants do not collapse into one corner."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    xs = []
+    markers = "osD^vP*Xhp"
     for i, e in enumerate(entries):
-        color = f"C{i % 10}"
+        color, marker = f"C{i % 10}", markers[(i // 10) % len(markers)]
         for prefix, filled in (("test", True), ("test_last", False)):
             x, y = e.get(f"{prefix}/hallucination", math.nan), e.get(f"{prefix}/hr_10", math.nan)
             if math.isfinite(x) and math.isfinite(y):
+                xs.append(x)
                 xerr, yerr = e.get(f"{prefix}/hallucination:std") or 0, e.get(f"{prefix}/hr_10:std") or 0
-                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=color, mfc=color if filled else "white",
-                            capsize=2, label=f"{e['label']}" if filled else None)
-        if math.isfinite(e.get("test/hr_10", math.nan)):
-            ax.annotate(e["variant"], (e.get("test/hallucination", 0), e["test/hr_10"]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("hallucination rate (unconstrained decoding) → lower is better")
+                n = e.get(f"{prefix}/hr_10:n", e["runs"])
+                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, color=color, mfc=color if filled else "white",
+                            capsize=2, label=(f"{e['variant']} (n={n})" if n > 1 else e["variant"]) if filled else None)
+    linthresh = log_threshold(xs)
+    scale = ""
+    if linthresh is not None:
+        ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+        scale = ", log scale"
+    ax.set_xlabel(f"hallucination rate (unconstrained decoding{scale}) → lower is better")
     ax.set_ylabel("HR@10 (constrained beam search) → higher is better")
-    ax.set_title(title + "\nfilled: best checkpoint, hollow: final")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title + "\nfilled: best checkpoint, hollow: final; bars: std over seeds", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def log_threshold(xs: list[float]) -> float | None:
+    """Where the frontier's symlog x axis turns linear (half the smallest positive rate), or ``None`` for a linear
+    axis: the positive rates span at most a decade."""
+    positive = [x for x in xs if x > 0]
+    if positive and max(positive) / min(positive) > 10:
+        return min(positive) / 2
+    return None
+
+
+def plot_paired(rows: list[RunRow], baseline: str, keys: list[tuple[str, str]], path: Path, title: str) -> Path:
+    """Each variant minus ``baseline``, per seed (dots) with the mean and its 95 % t-interval (bar), one panel per
+    metric: the seed moves every variant together, so this is where differences between variants show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    groups = pairs_by_variant(rows, baseline)
+    keys = [(t, k) for t, k in keys if any(differences(p, k) for p in groups.values())]
+    variants = [v for v, p in groups.items() if p]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)) + 1.5,
+                                                              0.45 * len(variants) + 1.6), sharey=True, squeeze=False)
+    for ax, (key_title, key) in zip(axes[0], keys or [("", "")]):
+        for i, variant in enumerate(variants):
+            diffs = differences(groups[variant], key) if key else []
+            values = [d for _, d in diffs]
+            if not values:
+                continue
+            jitter = [(j - (len(values) - 1) / 2) * 0.08 for j in range(len(values))]
+            ax.scatter(values, [i + dj for dj in jitter], s=14, color=f"C{i % 10}", alpha=0.7, zorder=3)
+            mean = statistics.fmean(values)
+            if len(values) > 1:
+                half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+                ax.errorbar(mean, i, xerr=half, fmt="|", color="black", markersize=12, capsize=3, zorder=4)
+            else:
+                ax.plot(mean, i, "|", color="black", markersize=12, zorder=4)
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        ax.set_title(key_title, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+        ax.set_xlabel(f"variant − {baseline}", fontsize=8)
+    axes[0][0].set_yticks(range(len(variants)), variants, fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(title + "\ndots: seeds; bar: mean with 95 % t-interval", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -324,6 +395,11 @@ def run_compare(experiment: str, tracking_uri: str | None = None, out_dir: str |
             table += f"\nno run shares a seed with {paired_with}: {', '.join(unpaired)}"
         outputs.append(write_csv(diffs, diff_keys, out / f"compare_paired_{paired_with}.csv", count="pairs"))
     png_path = plot_frontier(entries, out / "frontier.png", f"retrieval–validity frontier: {experiment}")
+    if diffs:
+        dot_keys = [k for k in diff_keys if k[1] in ("test/hr_10", "test/true/hr_10", "test/hallucination",
+                                                     "test_last/hr_10", "test_last/true/hr_10")]
+        outputs.append(plot_paired(rows, paired_with, dot_keys, out / f"paired_{paired_with}.png",
+                                   f"paired differences to {paired_with}: {experiment}"))
     if log_to_mlflow:
         import mlflow
 

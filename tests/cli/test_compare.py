@@ -124,6 +124,8 @@ def test_cli_prints_and_writes_the_paired_table(tmp_path, capsys):
     assert bad.split()[1:3] == ["1", "-0.1500"]  # one pair: no ± ; negative differences keep their sign
     assert "no run shares a seed with base: sft" in section
     assert f"csv:   {tmp_path / 'out' / 'compare_paired_base.csv'}" in out
+    assert f"plot:  {tmp_path / 'out' / 'paired_base.png'}" in out  # the per-seed dot plot
+    assert (tmp_path / "out" / "paired_base.png").stat().st_size > 1000
     with (tmp_path / "out" / "compare_paired_base.csv").open() as fh:
         records = list(csv.DictReader(fh))
     assert [r["variant"] for r in records] == ["ada", "bad"]
@@ -190,3 +192,11 @@ def test_numbers_print_with_significant_figures(value, std, signed, text):
     from adagrpo.compare import format_value
 
     assert format_value(value, std, signed) == text
+
+
+def test_frontier_axis_is_logarithmic_when_rates_span_more_than_a_decade():
+    from adagrpo.compare import log_threshold
+
+    assert log_threshold([0.094, 0.002, 0.003, 0.0]) == pytest.approx(0.001)  # pure GRPO next to anchored ones
+    assert log_threshold([0.02, 0.01, 0.0]) is None
+    assert log_threshold([0.0, 0.0]) is None
