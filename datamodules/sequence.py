@@ -350,7 +350,55 @@ class SeqRecDataModule(L.LightningDataModule):
             position=torch.from_numpy(np.ascontiguousarray(targets[:, 1])),
         )
 
+    def _resumable(self) -> bool:
+        """Single-process training without workers: the training loader can resume mid-epoch (a data-parallel
+        strategy gives Lightning's distributed sampler; workers prefetch ahead of the loop)."""
+        kwargs = None
+        trainer = getattr(self, "trainer", None)
+        try:
+            kwargs = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None)
+        except (AssertionError, RuntimeError):
+            kwargs = None
+        return self.num_workers == 0 and (not kwargs or kwargs.get("num_replicas", 1) <= 1)
+
+    def _resumable_loader(self, dataset: Dataset, batch_size: int | None, collate=None) -> DataLoader:  # noqa: ANN001
+        """A training loader whose position Lightning saves in checkpoints (``datamodules/resumable.py``), with the
+        order ``DataLoader(shuffle=..., generator=Generator().manual_seed(seed))`` gives."""
+        from adagrpo.datamodules.resumable import ResumableLoader, ResumableSampler
+
+        n = len(dataset)
+        batches_per_epoch = n if batch_size is None else -(-n // batch_size)
+
+        def trainer_value(get, default):  # noqa: ANN001, ANN202
+            trainer = getattr(self, "trainer", None)
+            try:
+                return get(trainer) if trainer is not None else default
+            except (AttributeError, RuntimeError):
+                return default
+
+        def epoch_batches() -> int:  # from the setting: num_training_batches is not set yet when Lightning resumes
+            def taken(t) -> int:  # noqa: ANN001
+                limit = t.limit_train_batches
+                if isinstance(limit, int) and not isinstance(limit, bool):
+                    return min(limit, batches_per_epoch)
+                return int(batches_per_epoch * float(limit))
+
+            return trainer_value(taken, batches_per_epoch)
+
+        def full_epochs() -> bool:  # a limit_train_batches below the epoch leaves the sampler unfinished
+            return epoch_batches() >= batches_per_epoch
+
+        def trained() -> int:
+            return trainer_value(lambda t: t.fit_loop.epoch_loop.batch_progress.current.processed, 0)
+
+        sampler = ResumableSampler(n, self.seed, self.shuffle, full_epochs)
+        return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                               num_workers=0, generator=torch.Generator(), trained=trained,
+                               epoch_batches=epoch_batches)
+
     def _loader(self, n: int, batch_size: int, collate, shuffle: bool, train: bool = False) -> DataLoader:
+        if train and self._resumable():
+            return self._resumable_loader(_Rows(n), batch_size, collate)
         gen = torch.Generator().manual_seed(self.seed)
         sampler = self._ordered_train_sampler(_Rows(n)) if train and not shuffle else None
         return DataLoader(_Rows(n), batch_size=batch_size, shuffle=shuffle if sampler is None else None,
@@ -385,6 +433,8 @@ class SeqRecDataModule(L.LightningDataModule):
                 batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             gen = torch.Generator().manual_seed(self.seed)
             dataset = _Batches(batches, self.sft_batch)
+            if self._resumable():
+                return self._resumable_loader(dataset, batch_size=None)
             sampler = None if self.shuffle else self._ordered_train_sampler(dataset)
             return DataLoader(dataset, batch_size=None, shuffle=self.shuffle if sampler is None else None,
                               sampler=sampler, generator=gen if self.shuffle else None, num_workers=self.num_workers)
