@@ -16,7 +16,7 @@ def reward_from_spec(spec: str):  # noqa: ANN201
     import yaml
     from jsonargparse import ArgumentParser
 
-    from adagrpo.datamodules.errors import ConfigError
+    from adagrpo.errors import ConfigError
     from adagrpo.lightning_modules.reward import RewardModel, TrainedReward
 
     if spec.endswith(".ckpt"):
@@ -59,7 +59,7 @@ def cmd_calibrate(argv: list[str]) -> int:
     import torch
 
     from adagrpo.commands import load_datamodule
-    from adagrpo.datamodules.errors import ConfigError, DataError
+    from adagrpo.errors import ConfigError, DataError
     from adagrpo.lightning_modules.analysis import load_policy
     from adagrpo.lightning_modules.base import IncompatibleCheckpoint
     from adagrpo.lightning_modules.calibration import calibrate, format_calibration

@@ -53,7 +53,7 @@ def cmd_prepare(argv: list[str]) -> int:
                         "(default: runs/prepared/<dataset>)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args, overrides = parser.parse_known_args(argv)
-    from adagrpo.datamodules.errors import ConfigError, DataError
+    from adagrpo.errors import ConfigError, DataError
 
     start = time.perf_counter()
     try:
@@ -182,7 +182,7 @@ def cmd_analyze(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import json as _json
 
-    from adagrpo.datamodules.errors import ConfigError, DataError
+    from adagrpo.errors import ConfigError, DataError
     from adagrpo.lightning_modules.analysis import format_strata, load_policy, plot_strata, stratified_analysis
     from adagrpo.lightning_modules.base import IncompatibleCheckpoint
     from adagrpo.lightning_modules.crossfit import CrossFitReward
@@ -316,7 +316,7 @@ def cmd_export(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from adagrpo.datamodules.errors import ConfigError
+    from adagrpo.errors import ConfigError
     from adagrpo.lightning_modules.checkpoint_io import IncompatibleCheckpoint
     from adagrpo.lightning_modules.policy import export_checkpoint
 

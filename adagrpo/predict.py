@@ -81,7 +81,7 @@ def user_histories(dm, history: Literal["full", "train"] = "full") -> list[np.nd
     """Every user's prompt items: the whole sequence (``full``) or the training prefix (``train``)."""
     data, split = dm.data, dm.split
     if history not in ("full", "train"):
-        from adagrpo.datamodules.errors import ConfigError
+        from adagrpo.errors import ConfigError
 
         raise ConfigError("history", f"must be full or train, got {history!r}")
     return [data.sequence(u) if history == "full" else data.sequence(u)[: int(split.train_end[u])]
@@ -109,7 +109,7 @@ def recommend(policy: nn.Module, engine, dm, k: int = 10, history: Literal["full
               exclude_seen: bool = False, users: list[int] | None = None, batch_size: int = 256,
               device: str | torch.device = "cpu") -> Iterator[UserRecommendations]:
     """Constrained beam search (width ``k``) for each user in ``users`` (default: all, in order)."""
-    from adagrpo.datamodules.errors import ConfigError
+    from adagrpo.errors import ConfigError
     from adagrpo.lightning_modules.decoding import DecodingConfig
 
     if k < 1:
@@ -143,7 +143,7 @@ def write_recommendations(recs: Iterator[UserRecommendations], dm, path: str | P
                           fmt: str | None = None) -> tuple[Path, int, int]:
     """Write ``recs`` to ``path`` in ``fmt`` (default: from the suffix, ``.jsonl`` → jsonl, else tsv); returns the
     path, the number of users and the number of recommendation lines."""
-    from adagrpo.datamodules.errors import ConfigError
+    from adagrpo.errors import ConfigError
 
     path = Path(path)
     fmt = fmt or ("jsonl" if path.suffix == ".jsonl" else "tsv")
@@ -224,7 +224,7 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--format", choices=FORMATS, default=None, help="override the format chosen by --out's suffix")
     args, overrides = parser.parse_known_args(argv)
     from adagrpo.commands import load_datamodule
-    from adagrpo.datamodules.errors import ConfigError, DataError
+    from adagrpo.errors import ConfigError, DataError
     from adagrpo.lightning_cli import read_record, record_dir
     from adagrpo.lightning_modules.checkpoint_io import IncompatibleCheckpoint
 

@@ -11,8 +11,8 @@ import importlib
 _EXPORTS = {
     "Catalog": "adagrpo.datamodules.catalog",
     "Interactions": "adagrpo.datamodules.catalog",
-    "DataError": "adagrpo.datamodules.errors",
-    "ConfigError": "adagrpo.datamodules.errors",
+    "DataError": "adagrpo.errors",
+    "ConfigError": "adagrpo.errors",
     "DataSource": "adagrpo.datamodules.sources",
     "LCRecJson": "adagrpo.datamodules.readers",
     "SasRecText": "adagrpo.datamodules.readers",

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from adagrpo.datamodules.catalog import Interactions
-from adagrpo.datamodules.errors import DataError
+from adagrpo.errors import DataError
 
 #: Norm of the stand-in vector given to items with nothing to embed (no text, no co-occurrence):
 #: small next to the unit-norm rows, but distinct per item so k-means can still tell them apart.

@@ -1,45 +1,16 @@
-"""Located errors for bad input: every message names the file and the line or key at fault."""
+"""Located errors for bad input: every message names the file and the line or key at fault.
+
+:class:`DataError` and :class:`ConfigError` live in :mod:`adagrpo.errors` (shared by every package); they are
+re-exported here so ``from adagrpo.datamodules.errors import ConfigError`` keeps working."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from adagrpo.errors import ConfigError, DataError
 
-class DataError(ValueError):
-    """Bad input data. ``str(err)`` reads ``<file>:<line>: <message>`` or ``<file> [key <k>]: <message>``.
-
-    The structured fields stay available for callers and tests: ``file``, ``line`` (1-based), ``key``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | Path | None = None,
-        line: int | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.file = str(file) if file is not None else None
-        self.line = line
-        self.key = key
-        self.reason = message
-        where = ""
-        if self.file is not None:
-            where = self.file
-            if line is not None:
-                where += f":{line}"
-        if key is not None:
-            where += f" [key {key!r}]" if where else f"[key {key!r}]"
-        super().__init__(f"{where}: {message}" if where else message)
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(f"config key {key!r}: {message}")
+__all__ = ["ConfigError", "DataError", "missing_file"]
 
 
 def missing_file(path: str | Path, what: str = "file not found") -> DataError:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from adagrpo.datamodules.catalog import Catalog, Interactions
-from adagrpo.datamodules.errors import ConfigError, DataError
 from adagrpo.datamodules.sources import DataSource
+from adagrpo.errors import ConfigError, DataError
 
 
 @dataclass

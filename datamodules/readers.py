@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from adagrpo.datamodules.catalog import TEXT_FIELDS, Catalog, Interactions
-from adagrpo.datamodules.errors import ConfigError, DataError, missing_file
+from adagrpo.datamodules.errors import missing_file
 from adagrpo.datamodules.sources import DataSource
+from adagrpo.errors import ConfigError, DataError
 
 Where = list[tuple[str, int | None, str | None]]
 

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.exposure import ExposureLog, ExposureSpec, ExposureSplits, SimulatedExposure, WorldExposure
 from adagrpo.datamodules.semantic_ids import SidBuilder
 from adagrpo.datamodules.sequence import SeqRecDataModule, _left_pad, _Rows
 from adagrpo.datamodules.sources import DataSource
 from adagrpo.datamodules.splits import user_folds
+from adagrpo.errors import ConfigError
 
 
 @dataclass

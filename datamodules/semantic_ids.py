@@ -24,8 +24,8 @@ import torch
 
 from adagrpo.datamodules.cache import atomic_write_text, cached
 from adagrpo.datamodules.catalog import Interactions
-from adagrpo.datamodules.errors import ConfigError, DataError
 from adagrpo.datamodules.trie import CatalogTrie
+from adagrpo.errors import ConfigError, DataError
 
 LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _TOKEN_RE = re.compile(r"^<([a-z])_(\d+)>$")

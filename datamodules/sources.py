@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 from adagrpo.datamodules.catalog import Interactions, kcore
-from adagrpo.datamodules.errors import ConfigError, DataError
+from adagrpo.errors import ConfigError, DataError
 
 
 class DataSource(ABC):

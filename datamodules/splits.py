@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from adagrpo.datamodules.catalog import Interactions
-from adagrpo.datamodules.errors import ConfigError
+from adagrpo.errors import ConfigError
 
 
 @dataclass

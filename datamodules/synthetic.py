@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from adagrpo.datamodules.catalog import Catalog, Interactions
-from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sources import DataSource
+from adagrpo.errors import ConfigError
 
 _SYLLABLES = ["ka", "lo", "mi", "ren", "su", "ta", "vi", "no", "pa", "xe", "dor", "bel", "qu", "fi", "zan",
               "mo", "ri", "tec", "ul", "gra", "ho", "ne", "sil", "ve", "jun", "cor", "am", "bri", "lux", "ost"]

@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from adagrpo.datamodules.errors import ConfigError
+from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.diagnostics import Diagnostics
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sequence import SeqRecDataModule
+from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.decoding import DecodingConfig, DecodingEngine
 from adagrpo.lightning_modules.diagnostics import compute_diagnostics, concordance, first_occurrence
 from adagrpo.lightning_modules.reward import OracleReward, RewardModel

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sequence import SeqRecDataModule
 from adagrpo.datamodules.splits import user_folds
+from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.reward import RewardModel, TrainedReward
 
 

@@ -60,7 +60,7 @@ class DecodingConfig:
     top_k: int | None = None
 
     def __post_init__(self) -> None:
-        from adagrpo.datamodules.errors import ConfigError
+        from adagrpo.errors import ConfigError
 
         if self.mode not in ("beam", "sample"):
             raise ConfigError("decoding.mode", f"must be beam or sample, got {self.mode!r}")

@@ -32,8 +32,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from adagrpo.callbacks.gates import Gate, combine_gates
-from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sequence import PromptBatch
+from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.balancers import Balancer, GatedBalance
 from adagrpo.lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, PolicyModule, check_signature
 from adagrpo.lightning_modules.checkpoint_io import load_checkpoint

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.optim import Optimizer
 
-from adagrpo.datamodules.errors import ConfigError
+from adagrpo.errors import ConfigError
 
 
 def build_optimizers(module: L.LightningModule, optimizer_factory: Any, scheduler_factory: Any) -> Any:

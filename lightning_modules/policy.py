@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.semantic_ids import SPECIAL_TOKENS, SidVocab
+from adagrpo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.reward_data import ExposureBatch, RewardDataModule
 from adagrpo.datamodules.sequence import SeqRecDataModule
+from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, check_signature
 from adagrpo.lightning_modules.checkpoint_io import load_checkpoint, load_module_file
 from adagrpo.lightning_modules.finite import FiniteSteps
