@@ -9,8 +9,11 @@ seed starts from that seed's SFT checkpoint and is tested at its **final** check
     python -m benchmarks.noise_map run --workers 2      # resumable: finished stages are skipped
     python -m benchmarks.noise_map report               # tables, paired intervals, heatmaps
 
-Stages are claimed through lock files (``runs/noise-map/<stage>/claim``, holding the pid), so several workers share
-one queue and a rerun after a crash (or a new session) picks up exactly the unfinished stages. Each worker writes
+The runs use a **frozen snapshot** of the package (``--snapshot DIR``: a wheel of one commit installed with
+``pip install --no-deps --target DIR``; ``snapshot`` builds it), so the code a study measures does not change while
+the repository moves on; each result records the snapshot's commit. Stages are claimed through lock files
+(``runs/noise-map/<stage>/claim``, holding the pid), so several workers share one queue and a rerun after a crash
+(or a new session) picks up exactly the unfinished stages. Each worker writes
 its own MLflow store (``runs/noise-map/mlflow_w<k>.db``); a finished stage's metrics are copied into
 ``runs/noise-map/<stage>/done.json`` and appended to ``benchmarks/results/noise_map/results.jsonl``.
 """
@@ -151,11 +154,11 @@ def _done(folder: Path, stage: Stage) -> dict | None:
     return record if record.get("key") == stage.key() else None
 
 
-def _run(cmd: list[str], env: dict, log: Path) -> None:
+def _run(cmd: list[str], env: dict, log: Path, cwd: Path) -> None:
     with log.open("a") as fh:
         fh.write(f"\n$ adagrpo {' '.join(cmd)}\n")
         fh.flush()
-        code = subprocess.call([sys.executable, "-m", "adagrpo", *cmd], env=env, cwd=REPO, stdout=fh,
+        code = subprocess.call([sys.executable, "-m", "adagrpo", *cmd], env=env, cwd=cwd, stdout=fh,
                                stderr=subprocess.STDOUT)
     if code:
         raise RuntimeError(f"exit {code}: adagrpo {' '.join(cmd[:6])} … (log {log})")
@@ -169,10 +172,18 @@ def _metrics(tracking_uri: str, record_dir: Path) -> dict:
     return {k: v for k, v in run.data.metrics.items() if k in METRICS or k.startswith("test_last/")}
 
 
-def worker(stages: list[Stage], index: int, runs: Path, max_failures: int = 3) -> None:
+def worker(stages: list[Stage], index: int, runs: Path, snapshot: Path | None = None, max_failures: int = 3) -> None:
     tracking_uri = f"sqlite:///{(runs / EXPERIMENT / f'mlflow_w{index}.db').resolve()}"
     env = {**os.environ, "ADAGRPO_RUNS": str(runs.resolve()), "MLFLOW_TRACKING_URI": tracking_uri,
            "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cwd, commit = REPO, _git_commit(REPO)
+    if snapshot is not None:
+        # The snapshot first on the path; configs/... then resolve to its packaged configs (cwd has none).
+        env["PYTHONPATH"] = str(snapshot.resolve())
+        cwd = (runs / EXPERIMENT).resolve()
+        cwd.mkdir(parents=True, exist_ok=True)
+        commit = (snapshot / "COMMIT").read_text().strip() if (snapshot / "COMMIT").exists() else "?"
+        env["ADAGRPO_CACHE"] = str(cwd / ".adagrpo_cache")
     failures = 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     pending = list(stages)
@@ -194,13 +205,13 @@ def worker(stages: list[Stage], index: int, runs: Path, max_failures: int = 3) -
                 # A stage killed half-way left a partial record: `fit --force` replaces it (and says so in MLflow).
                 started = any((folder / f).exists() for f in ("latest.json", "running.json", "resume"))
                 print(f"[w{index}] {stage.name} …", flush=True)
-                _run([*stage.fit, "--force"] if started else stage.fit, env, log)
+                _run([*stage.fit, "--force"] if started else stage.fit, env, log, cwd)
                 if stage.test:
-                    _run(stage.test, env, log)
+                    _run(stage.test, env, log, cwd)
                 metrics = _metrics(tracking_uri, folder)
                 record = {"stage": stage.name, "key": stage.key(), **stage.info, "metrics": metrics,
                           "seconds": round(time.time() - start, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                          "worker": index}
+                          "worker": index, "commit": commit}
                 (folder / "done.json").write_text(json.dumps(record, indent=1))
                 with (RESULTS / "results.jsonl").open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
@@ -217,6 +228,35 @@ def worker(stages: list[Stage], index: int, runs: Path, max_failures: int = 3) -
                 (folder / "claim").unlink(missing_ok=True)
         if not progressed and pending:
             time.sleep(20)  # waiting for a dependency another worker is running
+
+
+def _git_commit(repo: Path) -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=repo, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def build_snapshot(target: Path, ref: str = "HEAD") -> str:
+    """A wheel of commit ``ref`` (from a clean worktree, so uncommitted edits stay out) installed into ``target``."""
+    import tempfile
+
+    commit = subprocess.check_output(["git", "rev-parse", "--short", ref], cwd=REPO, text=True).strip()
+    if target.exists():
+        raise SystemExit(f"{target} exists; remove it or choose another --snapshot")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, wheels = Path(tmp) / "src", Path(tmp) / "wheels"
+        subprocess.check_call(["git", "worktree", "add", "--detach", "-q", str(src), commit], cwd=REPO)
+        try:
+            subprocess.check_call([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                                   "-w", str(wheels), str(src)])
+        finally:
+            subprocess.call(["git", "worktree", "remove", "--force", str(src)], cwd=REPO)
+        (wheel,) = wheels.glob("adagrpo-*.whl")
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                               str(wheel)])
+    (target / "COMMIT").write_text(commit + "\n")
+    return commit
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -343,7 +383,8 @@ def report(metric: str, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.noise_map", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["plan", "run", "report"])
+    parser.add_argument("action", choices=["plan", "run", "report", "snapshot"])
+    parser.add_argument("--snapshot", type=Path, default=None, help="run the stages with this frozen package")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per RL run (B = 32 prompts × G = 16)")
@@ -356,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     stages = plan(args.seeds, args.steps, args.test_users, args.cells, args.runs)
     if args.only == "sft":
         stages = [st for st in stages if st.kind == "sft"]
+    if args.action == "snapshot":
+        if args.snapshot is None:
+            raise SystemExit("--snapshot DIR is required")
+        print(f"snapshot of {build_snapshot(args.snapshot)} in {args.snapshot}")
+        return 0
     if args.action == "plan":
         for st in stages:
             done = _done(args.runs / EXPERIMENT / st.name, st)
@@ -368,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             code = "import sys; from benchmarks.noise_map import _worker_main; _worker_main(sys.argv[1:])"
             cmd = [sys.executable, "-c", code, str(k), json.dumps(argv or sys.argv[1:])]
             procs.append(subprocess.Popen(cmd, cwd=REPO))
-        worker(stages, 0, args.runs)
+        worker(stages, 0, args.runs, args.snapshot)
         for p in procs:
             p.wait()
         return 0
@@ -390,9 +436,10 @@ def _worker_main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs")
     parser.add_argument("--metric", action="append", default=None)
     parser.add_argument("--only", default="all")
+    parser.add_argument("--snapshot", type=Path, default=None)
     args = parser.parse_args(original)
     stages = plan(args.seeds, args.steps, args.test_users, args.cells, args.runs)
-    worker([st for st in stages if args.only == "all" or st.kind == "sft"], index, args.runs)
+    worker([st for st in stages if args.only == "all" or st.kind == "sft"], index, args.runs, args.snapshot)
 
 
 if __name__ == "__main__":
