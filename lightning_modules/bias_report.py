@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from adagrpo.datamodules.reward_data import RewardDataModule
-from adagrpo.lightning_modules.reward import auc
+from adagrpo.lightning_modules.metrics import auc
 
 
 def popularity_buckets(popularity: torch.Tensor, buckets: int) -> torch.Tensor:

@@ -133,3 +133,30 @@ class MeanValue(Metric):
         if self.count == 0:
             return torch.tensor(math.nan)
         return (self.total / self.count).float()
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """ROC AUC of binary ``labels`` (1/0) by ``scores`` (ties count one half); NaN if a class is missing.
+
+    Exact (average ranks, float64); agrees with ``torchmetrics.functional.classification.binary_auroc`` on ties
+    (tested), but is NaN rather than a warning and 0 when the labels hold one class only."""
+    scores, labels = scores.double().flatten(), labels.flatten()
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return math.nan
+    allv = torch.cat([pos, neg])
+    ranks = _average_ranks(allv)
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks with ties averaged."""
+    order = torch.argsort(x)
+    sorted_x = x[order]
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
+    uniq, inverse, counts = torch.unique(sorted_x, return_inverse=True, return_counts=True)
+    if len(uniq) < len(x):
+        sums = torch.zeros(len(uniq), dtype=x.dtype).index_add_(0, inverse, ranks[order])
+        ranks[order] = (sums / counts)[inverse]
+    return ranks

@@ -30,6 +30,7 @@ from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, check_signature
 from adagrpo.lightning_modules.checkpoint_io import load_checkpoint, load_module_file
 from adagrpo.lightning_modules.finite import FiniteSteps
+from adagrpo.lightning_modules.metrics import auc  # noqa: F401  (re-exported: adagrpo.lightning_modules.reward.auc)
 from adagrpo.lightning_modules.optim import build_optimizers
 
 
@@ -124,30 +125,6 @@ def bce_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean BCE over the filled slots (label ≥ 0) of ``[B, S]``."""
     valid = labels >= 0
     return F.binary_cross_entropy_with_logits(scores[valid], labels[valid].float())
-
-
-def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC of binary ``labels`` (1/0) by ``scores`` (ties count one half); NaN if a class is missing."""
-    scores, labels = scores.double().flatten(), labels.flatten()
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return math.nan
-    allv = torch.cat([pos, neg])
-    ranks = _average_ranks(allv)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks with ties averaged."""
-    order = torch.argsort(x)
-    sorted_x = x[order]
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
-    uniq, inverse, counts = torch.unique(sorted_x, return_inverse=True, return_counts=True)
-    if len(uniq) < len(x):
-        sums = torch.zeros(len(uniq), dtype=x.dtype).index_add_(0, inverse, ranks[order])
-        ranks[order] = (sums / counts)[inverse]
-    return ranks
 
 
 class RewardModelModule(FiniteSteps, L.LightningModule):

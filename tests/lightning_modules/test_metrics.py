@@ -181,3 +181,27 @@ def test_metric_state_is_constant_size():
     for name, (metric, _) in metrics.items():
         assert sizes(metric) == before[name], name
     assert float(metrics["ranking"][0].count) == 16 * 201
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_auc_agrees_with_torchmetrics_binary_auroc_on_ties(seed):
+    # auc (metrics.py; the reward model's validation AUC and the bias report) against torchmetrics' binary_auroc,
+    # with few distinct scores (many ties, each counted one half) and with continuous scores.
+    from torchmetrics.functional.classification import binary_auroc
+
+    from adagrpo.lightning_modules.metrics import auc
+
+    gen = torch.Generator().manual_seed(seed)
+    n = 80 + 23 * seed
+    labels = (torch.rand(n, generator=gen) < 0.35).long()
+    labels[0], labels[1] = 1, 0
+    for scores in (torch.randint(0, 5, (n,), generator=gen).float(), torch.randn(n, generator=gen)):
+        assert auc(scores, labels) == pytest.approx(float(binary_auroc(scores, labels)), abs=1e-6)
+    # all scores tied: one half on both sides
+    assert auc(torch.zeros(n), labels) == pytest.approx(float(binary_auroc(torch.zeros(n), labels))) == 0.5
+
+
+def test_auc_is_nan_when_labels_hold_one_class():
+    from adagrpo.lightning_modules.metrics import auc
+
+    assert math.isnan(auc(torch.randn(6), torch.ones(6)))
