@@ -15,12 +15,12 @@ def test_plan_varies_sft_and_reward_seeds_and_orders_main_cells_first(tmp_path):
     stages = nm.plan([0, 1], steps=10, test_users=50, cells=["clean", "tail-moderate", "segment-moderate"],
                      runs=tmp_path)
     names = [s.name for s in stages]
-    assert names[:2] == ["sft-s0", "sft-s1"]
+    assert names[:2] == ["sft-biased-s0", "sft-biased-s1"]
     # every RL stage of seed s starts from seed s's SFT and draws reward noise with seed s
     for st in stages[2:]:
         s = st.info["seed"]
-        assert st.depends == f"sft-s{s}"
-        assert str(tmp_path / "noise-map" / f"sft-s{s}" / "best.ckpt") in st.fit
+        assert st.depends == f"sft-biased-s{s}"
+        assert str(tmp_path / "noise-map" / f"sft-biased-s{s}" / "best.ckpt") in st.fit
         reward = json.loads(st.fit[st.fit.index("--model.init_args.reward") + 1])
         assert reward["init_args"]["seed"] == s
         assert st.test[:1] == ["test"] and st.test[-2:] == ["--checkpoint", "last"]
