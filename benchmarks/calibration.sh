@@ -20,13 +20,13 @@ add() { DATA[$1]=$2; SFT[$1]=$3; REWARD[$1]=$4; }
 add default_trained configs/data/synthetic_rl.yaml "$SFT_DEFAULT" "$REWARD_DEFAULT"
 add default_uniform0.1 configs/data/synthetic_rl.yaml "$SFT_DEFAULT" "$(noisy 0.1 uniform)"
 add biased_trained configs/data/synthetic_biased_rl.yaml "$SFT_BIASED" "$REWARD_BIASED"
-for n in 0.0 0.05 0.1 0.2 0.4; do add "biased_uniform$n" configs/data/synthetic_biased_rl.yaml "$SFT_BIASED" "$(noisy $n uniform)"; done
-for n in 0.1 0.4; do add "biased_tail$n" configs/data/synthetic_biased_rl.yaml "$SFT_BIASED" "$(noisy $n tail)"; done
-add biased_segment0.1 configs/data/synthetic_biased_rl.yaml "$SFT_BIASED" "$(noisy 0.1 segment)"
+for n in 0.0 0.05 0.1 0.2 0.3 0.4 1.2; do add "biased_uniform$n" configs/data/synthetic_biased_rl.yaml "$SFT_BIASED" "$(noisy $n uniform)"; done
+for n in 0.1 0.3 1.2; do add "biased_tail$n" configs/data/synthetic_biased_rl.yaml "$SFT_BIASED" "$(noisy $n tail)"; done
+add biased_segment0.3 configs/data/synthetic_biased_rl.yaml "$SFT_BIASED" "$(noisy 0.3 segment)"
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=(default_trained default_uniform0.1 biased_trained biased_uniform0.0 biased_uniform0.05
-                                 biased_uniform0.1 biased_uniform0.2 biased_uniform0.4 biased_tail0.1 biased_tail0.4
-                                 biased_segment0.1)
+                                 biased_uniform0.1 biased_uniform0.2 biased_uniform0.3 biased_uniform0.4 biased_uniform1.2
+                                 biased_tail0.1 biased_tail0.3 biased_tail1.2 biased_segment0.3)
 for name in "${NAMES[@]}"; do
     if [[ "${REWARD[$name]}" == *.ckpt && ! -f "${REWARD[$name]}" ]]; then echo "[$name] skipped: no ${REWARD[$name]}"; continue; fi
     echo "[$name]"

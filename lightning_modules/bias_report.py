@@ -50,7 +50,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
     # 1. Held-out biased logs.
     scores, labels, items = [], [], []
     for batch in dm.test_dataloader():
-        s = net(batch.history.to(device), batch.items.to(device)).cpu()
+        s = net(batch.history.to(device), batch.items.to(device), batch.user.to(device)).cpu()
         valid = batch.labels >= 0
         scores.append(s[valid])
         labels.append(batch.labels[valid])
@@ -67,13 +67,14 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
         targets = targets[np.sort(np.random.default_rng(seed).choice(len(targets), max_users, replace=False))]
     batch = dm.prompt_batch(targets)
     hist = batch.history.to(device)
+    users = batch.user.to(device)
     true_item = batch.target
 
     # 2. Unbiased data: the synthetic truth, or Coat's random exposure.
     world = getattr(dm.source, "world", None)
     if world is not None:
         cand = torch.randint(n_items, (len(targets), 20), generator=gen)  # [U, 20] uniformly random items
-        rm = net(hist, cand.to(device)).cpu()  # [U, 20]
+        rm = net(hist, cand.to(device), users).cpu()  # [U, 20]
         truth = world.utility(batch.user, batch.history[:, -1], cand)  # [U, 20]
         # AUC against the truth: in a random slate, the item the user values most is the positive.
         best = truth.argmax(1, keepdim=True)  # [U, 1]
@@ -96,7 +97,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
         for start in range(0, len(log), 1024):
             rows = np.arange(start, min(len(log), start + 1024))
             eb = dm.exposure_batch(log, rows)
-            scores.append(net(eb.history.to(device), eb.items.to(device)).cpu().flatten())
+            scores.append(net(eb.history.to(device), eb.items.to(device), eb.user.to(device)).cpu().flatten())
             labels.append(eb.labels.flatten())
             items.append(eb.items.flatten())
         s, y, it = torch.cat(scores), torch.cat(labels), torch.cat(items)
@@ -115,7 +116,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
     tb = bucket[true_item]
     for name, negs in (("uniform", uniform), ("popular", popular)):
         cand = torch.cat([true_item[:, None], negs], 1).to(device)  # [U, 1+N]
-        sc = net(hist, cand).cpu()
+        sc = net(hist, cand, users).cpu()
         beats = (sc[:, :1] > sc[:, 1:]).float() + 0.5 * (sc[:, :1] == sc[:, 1:]).float()  # [U, N]
         win = (beats == 1).all(1).float()
         out[f"discr/{name}"] = float(win.mean())

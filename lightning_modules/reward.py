@@ -47,6 +47,8 @@ class RewardNet(nn.Module):
         dropout: dropout in the transformer and embeddings.
         scorer: ``dot`` (state · item + bias) or ``mlp``.
         item_id_embedding: also learn a per-item vector (sharper for head items, nothing for the tail).
+        user_features: ``[U, F]`` features of every user (a buffer), projected into the user state — reward-side
+            information the policy never sees (e.g. the synthetic world's noisy user features); None = none.
     """
 
     def __init__(
@@ -60,9 +62,16 @@ class RewardNet(nn.Module):
         dropout: float = 0.1,
         scorer: Literal["dot", "mlp"] = "dot",
         item_id_embedding: bool = False,
+        user_features: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("codes", codes.long().clone())
+        self.user_features: torch.Tensor | None
+        if user_features is not None:
+            self.register_buffer("user_features", user_features.float().clone())
+            self.user_proj = nn.Linear(user_features.shape[1], dim)
+        else:
+            self.user_features = None
         self.codebook_sizes = list(codebook_sizes)
         self.level_emb = nn.ModuleList(nn.Embedding(c, dim) for c in codebook_sizes)
         self.level_bias = nn.ModuleList(nn.Embedding(c, 1) for c in codebook_sizes)
@@ -112,8 +121,13 @@ class RewardNet(nn.Module):
         has = real[:, -1]
         return torch.where(has[:, None], out[:, -1], out[:, 0])
 
-    def forward(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, history: torch.Tensor, items: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[B, S]``; ``users [B]`` (user indices) is needed only with ``user_features``."""
         state = self.user_state(history)  # [B, D]
+        if self.user_features is not None:
+            if users is None:
+                raise ValueError("this reward model reads user features: pass the batch's users")
+            state = state + self.user_proj(self.user_features[users.long()])  # [B, D]
         vec = self.item_vectors(items)  # [B, S, D]
         if self.scorer == "dot":
             return torch.einsum("bd,bsd->bs", state, vec) + self.item_bias(items)  # [B, S]
@@ -137,6 +151,8 @@ class RewardModelModule(FiniteSteps, L.LightningModule):
         dropout: dropout in the transformer and embeddings.
         scorer: ``dot`` (state · item + bias) or ``mlp``.
         item_id_embedding: also learn a per-item vector (sharper for head items, nothing for the tail).
+        user_features: read the data's user features (the synthetic world's, simulated with
+            ``user_feature_noise``): reward-side information the policy never sees.
         optimizer: e.g. ``torch.optim.AdamW`` (default AdamW, lr 1e-3, wd 0.01).
         scheduler: optional, stepped every optimizer step.
         report_negatives: N for discriminability (true item vs N sampled / N popular negatives).
@@ -152,6 +168,7 @@ class RewardModelModule(FiniteSteps, L.LightningModule):
         dropout: float = 0.1,
         scorer: Literal["dot", "mlp"] = "dot",
         item_id_embedding: bool = False,
+        user_features: bool = False,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
         report_negatives: int = 10,
@@ -183,21 +200,32 @@ class RewardModelModule(FiniteSteps, L.LightningModule):
     def configure_model(self) -> None:
         if self.net is None:
             self.net = RewardNet(self.data.sids.codes, self.data.sids.codebook_sizes,
-                                 max_history=self.data.max_history, **self.net_kwargs())
+                                 max_history=self.data.max_history, user_features=self.user_feature_table(),
+                                 **self.net_kwargs())
 
-    def forward(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.net(history, items)
+    def user_feature_table(self) -> torch.Tensor | None:
+        """The data's user features ``[U, F]`` when ``user_features`` is on (the synthetic world's, if simulated)."""
+        if not self.hparams.get("user_features", False):
+            return None
+        feats = getattr(getattr(self.data.source, "world", None), "user_features", None)
+        if feats is None:
+            raise ConfigError("model.user_features", "the data has no user features: use the synthetic world with "
+                                                     "data.source.init_args.user_feature_noise set")
+        return feats
+
+    def forward(self, history: torch.Tensor, items: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(history, items, users)
 
     # ----------------------------------------------------------------------------------- steps
     def training_step(self, batch: ExposureBatch, batch_idx: int) -> torch.Tensor:
-        loss = self.finite_loss(bce_loss(self.net(batch.history, batch.items), batch.labels))
+        loss = self.finite_loss(bce_loss(self.net(batch.history, batch.items, batch.user), batch.labels))
         if loss is None:  # NaN/inf: counted and skipped
             return None
         self.log("loss/bce", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
     def _eval_step(self, batch: ExposureBatch, stage: str) -> None:
-        scores = self.net(batch.history, batch.items)
+        scores = self.net(batch.history, batch.items, batch.user)
         self.log(f"{stage}/bce", bce_loss(scores, batch.labels), batch_size=len(batch))
         valid = batch.labels >= 0
         self._val_scores.append(scores[valid].detach().cpu())
@@ -240,7 +268,8 @@ class RewardModelModule(FiniteSteps, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CKPT_KEY] = {**self.sid_signature(), "module": "RewardModelModule",
                                 "net": {**self.net_kwargs(), "max_history": self.data.max_history,
-                                        "codebook_sizes": list(self.data.sids.codebook_sizes)}}
+                                        "codebook_sizes": list(self.data.sids.codebook_sizes),
+                                        "user_features": self.net.user_features is not None}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         where = getattr(self._trainer, "ckpt_path", None) or "<checkpoint>"
@@ -292,15 +321,21 @@ class TrainedReward(RewardModel):
                    "num_items": sids.num_items, "vocab_size": data.vocab.vocab_size, "dataset": data.data.name}
         check_signature(info, current, str(path))
         kwargs = dict(info["net"])
-        self.net = RewardNet(sids.codes, kwargs.pop("codebook_sizes"), **kwargs)
         state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        features = state.get("user_features") if kwargs.pop("user_features", False) else None
+        if features is not None and hasattr(data, "data") and features.shape[0] != data.data.num_users:
+            raise IncompatibleCheckpoint(f"{path}: its user features cover {features.shape[0]} users, the data has "
+                                         f"{data.data.num_users}")
+        self.net = RewardNet(sids.codes, kwargs.pop("codebook_sizes"), user_features=features, **kwargs)
         self.net.load_state_dict(state)
         self.net.eval().requires_grad_(False)
 
     @torch.no_grad()
     def score(self, histories: torch.Tensor, items: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         self.net.to(items.device)
-        return self.net(histories, items).masked_fill(items < 0, 0.0)
+        if self.net.user_features is not None and users is None:
+            raise ValueError("this reward model reads user features: score() needs the batch's users")
+        return self.net(histories, items, users).masked_fill(items < 0, 0.0)
 
 
 class TorchReward(RewardModel):
