@@ -161,8 +161,8 @@ def section_sft_base(args: argparse.Namespace) -> dict:
 def section_grpo_base(args: argparse.Namespace) -> dict:
     import lightning as L
 
-    from adagrpo.callbacks.gates import PolicyDifficultyGate, RewardDiscriminabilityGate
     from adagrpo.lightning_modules.balancers import GatedBalance
+    from adagrpo.lightning_modules.gating import PolicyDifficultyGate, RewardDiscriminabilityGate
     from adagrpo.lightning_modules.grpo import GRPOModule
     from adagrpo.lightning_modules.reward import NoisyReward
     from adagrpo.lightning_modules.sft import SFTModule

@@ -50,11 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from adagrpo.callbacks.gates import combine_gates  # noqa: E402
 from adagrpo.datamodules.semantic_ids import SPECIAL_TOKENS, SidVocab  # noqa: E402
 from adagrpo.datamodules.sequence import PromptBatch  # noqa: E402
 from adagrpo.datamodules.trie import CatalogTrie  # noqa: E402
 from adagrpo.lightning_modules.decoding import DecodingEngine  # noqa: E402
+from adagrpo.lightning_modules.gating import combine_gates  # noqa: E402
 from adagrpo.lightning_modules.grpo import GRPOModule  # noqa: E402
 from adagrpo.lightning_modules.policy import LlamaPolicy  # noqa: E402
 from adagrpo.lightning_modules.reward import RewardModel  # noqa: E402

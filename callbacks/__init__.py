@@ -1,4 +1,6 @@
-"""Callbacks: gates (the plugin point of AdaGRPO), run recording and reporting."""
+"""Callbacks: run recording and per-step metric records. The gates (AdaGRPO's plugin point) live in
+:mod:`adagrpo.lightning_modules.gating` and are re-exported here, so ``adagrpo.callbacks.PolicyDifficultyGate``
+and ``from adagrpo.callbacks import Gate`` keep working."""
 
 from __future__ import annotations
 
@@ -7,12 +9,12 @@ import importlib
 _EXPORTS = {
     "RunRecorder": "adagrpo.callbacks.run_recorder",
     "StepMetricsRecorder": "adagrpo.callbacks.metrics_recorder",
-    "Gate": "adagrpo.callbacks.gates",
-    "ThresholdGate": "adagrpo.callbacks.gates",
-    "PolicyDifficultyGate": "adagrpo.callbacks.gates",
-    "RewardDiscriminabilityGate": "adagrpo.callbacks.gates",
-    "PluginGate": "adagrpo.callbacks.gates",
-    "OracleGate": "adagrpo.callbacks.gates",
+    "Gate": "adagrpo.lightning_modules.gating",
+    "ThresholdGate": "adagrpo.lightning_modules.gating",
+    "PolicyDifficultyGate": "adagrpo.lightning_modules.gating",
+    "RewardDiscriminabilityGate": "adagrpo.lightning_modules.gating",
+    "PluginGate": "adagrpo.lightning_modules.gating",
+    "OracleGate": "adagrpo.lightning_modules.gating",
 }
 
 __all__ = list(_EXPORTS)

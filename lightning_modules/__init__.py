@@ -1,5 +1,5 @@
 """Models and training logic: policy specs, the decoding engine, SFT, reward models, GRPO/AdaGRPO,
-balancers and metrics. Classes are importable from the package root for short ``class_path``s."""
+balancers, gates and metrics. Classes are importable from the package root for short ``class_path``s."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ _EXPORTS = {
     "GatedBalance": "adagrpo.lightning_modules.balancers",
     "MarginWeighted": "adagrpo.lightning_modules.balancers",
     "HallucinationRate": "adagrpo.lightning_modules.metrics",
+    "Gate": "adagrpo.lightning_modules.gating",
+    "ThresholdGate": "adagrpo.lightning_modules.gating",
+    "PolicyDifficultyGate": "adagrpo.lightning_modules.gating",
+    "RewardDiscriminabilityGate": "adagrpo.lightning_modules.gating",
+    "OracleGate": "adagrpo.lightning_modules.gating",
+    "PluginGate": "adagrpo.lightning_modules.gating",
+    "combine_gates": "adagrpo.lightning_modules.gating",
 }
 
 __all__ = list(_EXPORTS)

@@ -4,18 +4,20 @@ Each training step (DESIGN.md §4):
 
 1. **rollout** — G candidates per prompt with the shared decoding engine (beam or sampling,
    trie-constrained or not), the prompt prefilled once;
-2. **reward** — the reward model scores valid candidates and the ground truth; invalid candidates get a
-   penalty; an optional exact-hit bonus is a separate, logged component;
+2. **reward** — the reward model scores the candidates and the ground truth in one call; invalid candidates
+   get a penalty; an optional exact-hit bonus and the repeat penalty are separate, logged components;
 3. **advantages** — group z-scores (zero-variance groups get 0);
-4. **losses** — one tree-attention forward computes the candidates' and the ground truth's token
-   log-probs (the prompt encoded once, with gradients, shared by the group): the PPO-clipped surrogate
-   with a k3 KL to the reference, and the NLL of the ground truth;
-5. **diagnostics → gates → balancer** — gates (callbacks) admit GRPO per sample; the balancer
-   combines NLL, GRPO and admissions into the loss.
+4. **forward** (:meth:`GRPOModule.policy_logprobs`) — one tree-attention forward computes the candidates' and
+   the ground truth's token log-probs (the prompt encoded once, with gradients, shared by the group);
+5. **loss** (:meth:`GRPOModule.loss_terms`) — the PPO-clipped surrogate with a k3 KL to the reference, and the
+   NLL of the ground truth, per sample;
+6. **diagnostics → gates → balancer** (:meth:`GRPOModule.rollout_diagnostics`, computed from the first pass's
+   forward without gradients) — gates (:mod:`~adagrpo.lightning_modules.gating`) admit GRPO per sample; the
+   balancer combines NLL, GRPO and admissions into the loss.
 
-μ optimisation passes reuse one rollout: the first pass's log-probs are the "old" ones (the rollout
-policy's; dropout is off in the shipped policies), and the diagnostics and gate admissions are decided
-once, on that first pass.
+:meth:`GRPOModule.losses` chains 4–6 for one optimisation pass. μ passes reuse one rollout: the first pass's
+log-probs are the "old" ones (the rollout policy's; dropout is off in the shipped policies), and the diagnostics
+and gate admissions are decided once, on that first pass.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from adagrpo.callbacks.gates import Gate, combine_gates
 from adagrpo.datamodules.sequence import PromptBatch
 from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.balancers import Balancer, GatedBalance
@@ -40,6 +41,7 @@ from adagrpo.lightning_modules.checkpoint_io import load_checkpoint
 from adagrpo.lightning_modules.decoding import DecodingConfig, candidate_logits, token_logprobs
 from adagrpo.lightning_modules.diagnostics import Diagnostics, compute_diagnostics, concordance, first_occurrence
 from adagrpo.lightning_modules.finite import guarded_manual_step, mask_nonfinite_rewards, nan_if_nonfinite
+from adagrpo.lightning_modules.gating import Gate, combine_gates
 from adagrpo.lightning_modules.grpo_loss import aggregate, clipped_surrogate, group_advantages, penalise_invalid
 from adagrpo.lightning_modules.policy import PolicySpec, spec_from_description
 from adagrpo.lightning_modules.reward import RewardModel
@@ -71,15 +73,30 @@ class Rollout:
 
 
 @dataclass
+class PolicyPass:
+    """One forward of the policy over a rollout group plus the ground truth (:meth:`GRPOModule.policy_logprobs`).
+
+    ``logits [B, G+1, L, V]`` (the last slot is y*); ``logp [B, G, L]`` the candidates' token log-probs on the
+    rollout's support at the rollout's temperature (with gradients); ``gt_support [B, 1, L]`` y*'s on that support
+    at temperature 1; ``gt_full [B, 1, L]`` y*'s over the full vocabulary."""
+
+    logits: torch.Tensor
+    logp: torch.Tensor
+    gt_support: torch.Tensor
+    gt_full: torch.Tensor
+
+
+@dataclass
 class StepLosses:
-    """Per-sample losses ``[B]`` of one pass (and, on the first pass, the diagnostics)."""
+    """Per-sample losses ``[B]`` of one pass (:meth:`GRPOModule.loss_terms`). ``diagnostics``: the rollout
+    policy's diagnostics, which :meth:`GRPOModule.losses` adds on the first pass (None on later passes)."""
 
     nll: torch.Tensor
     grpo: torch.Tensor
     kl: torch.Tensor
     clip_frac: torch.Tensor
     ratio_mean: torch.Tensor
-    diagnostics: Diagnostics | None  # computed on the first pass only
+    diagnostics: Diagnostics | None = None
 
 
 class GRPOModule(PolicyModule):
@@ -90,8 +107,9 @@ class GRPOModule(PolicyModule):
             match the data's; its policy architecture is used unless ``policy`` is given.
         reward: the reward model (``class_path`` of a :class:`~adagrpo.lightning_modules.reward.RewardModel`).
         balancer: how NLL, GRPO and gate admissions combine (default :class:`GatedBalance`).
-        gates: gates (``class_path`` of :class:`~adagrpo.callbacks.gates.Gate` callbacks); gates listed under
-            ``trainer.callbacks`` are used too. Their admissions are multiplied (AND).
+        gates: gates (``class_path`` of :class:`~adagrpo.lightning_modules.gating.Gate` subclasses), the one place to
+            register them; their admissions are multiplied (AND) and their state is saved in this module's
+            checkpoint. A gate listed under ``trainer.callbacks`` is moved here when the fit starts (with a warning).
         num_generations: G, candidates per prompt.
         rollout_mode: ``beam`` (distinct candidates) or ``sample``.
         constrained: trie-constrained rollouts (log-probs for ratio and KL then use the masked support).
@@ -197,11 +215,17 @@ class GRPOModule(PolicyModule):
         self.init_from = str(init_from)
         object.__setattr__(self, "reward_model", reward)  # frozen, not a submodule: not in our checkpoints
         self.balancer = balancer or GatedBalance()
-        self.module_gates = list(gates or [])
-        names = [g.name for g in self.module_gates]
-        for i, gate in enumerate(self.module_gates):  # two gates of one kind keep separate state and open rates
+        gates = list(gates or [])
+        for gate in gates:
+            if not isinstance(gate, Gate):
+                raise ConfigError("model.gates", f"{type(gate).__name__} is not a Gate "
+                                                 "(adagrpo.lightning_modules.gating.Gate)")
+        names = [g.name for g in gates]
+        for i, gate in enumerate(gates):  # two gates of one kind keep separate state and open rates
             if names.count(gate.name) > 1:
                 gate.name = f"{gate.name}{names[:i].count(gate.name) + 1}"
+        self.module_gates: list[Gate] = []
+        self.adopt_gates(gates)
         self.num_generations = num_generations
         self.rollout_config = DecodingConfig(rollout_mode, num_generations, constrained, temperature, top_k)
         self.beta = beta
@@ -298,8 +322,38 @@ class GRPOModule(PolicyModule):
             log.warning("gates %s are attached but balancer %s ignores them",
                         [g.name for g in gates], self.balancer.describe())
 
+    def adopt_gates(self, gates: list[Gate]) -> None:
+        """Append ``gates`` to the module's gates; a gate whose name is taken is renamed (``difficulty`` →
+        ``difficulty2``) so that it keeps a separate state and open rate."""
+        for gate in gates:
+            if any(gate is g for g in self.module_gates):
+                continue
+            names = [g.name for g in self.module_gates]
+            if gate.name in names:
+                base, n = gate.name, 2
+                while f"{base}{n}" in names:
+                    n += 1
+                gate.name = f"{base}{n}"
+            self.module_gates.append(gate)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self._adopt_trainer_gates()
+
+    def _adopt_trainer_gates(self) -> None:
+        """Gates listed under ``trainer.callbacks`` become the module's gates and leave the callback list, so their
+        state is saved once, in this module's checkpoint (``model.init_args.gates`` is the documented place)."""
+        listed = [cb for cb in self.trainer.callbacks if isinstance(cb, Gate)]
+        if not listed:
+            return
+        self.trainer.callbacks[:] = [cb for cb in self.trainer.callbacks if not isinstance(cb, Gate)]
+        log.warning("gates %s are listed under trainer.callbacks; the GRPO module uses them as its own gates (state "
+                    "saved with the module) — list them under model.init_args.gates instead",
+                    [g.name for g in listed])
+        self.adopt_gates(listed)
+
     def gates(self) -> list[Gate]:
-        """The module's gates followed by any gate attached to the trainer as a callback."""
+        """The module's gates (followed by any gate still listed under ``trainer.callbacks`` before ``setup``)."""
         attached = [cb for cb in self.trainer.callbacks if isinstance(cb, Gate)] if self._trainer is not None else []
         return self.module_gates + [g for g in attached if all(g is not m for m in self.module_gates)]
 
@@ -317,7 +371,11 @@ class GRPOModule(PolicyModule):
             tokens[missing, -1] = batch.target_tokens[missing]
             items[missing, -1] = batch.target[missing]
             valid[missing, -1] = True
-        raw = self.reward_model.score(batch.history, items, batch.user).float()  # [B, G]
+        g = items.shape[1]
+        # One reward call for the group and the ground truth: [B, G+1], y* in the last slot.
+        scores = self.reward_model.score(batch.history, torch.cat([items, batch.target[:, None]], 1),
+                                         batch.user).float()
+        raw, gt_reward = scores[:, :g], nan_if_nonfinite(scores[:, g])  # [B, G], [B]
         raw, valid, masked = mask_nonfinite_rewards(raw, valid)  # a NaN/inf reward: the candidate counts as invalid
         self.finite_guard.count_masked(masked)
         hit = self.hit_bonus * (items == batch.target[:, None]).float()  # [B, G]
@@ -326,8 +384,6 @@ class GRPOModule(PolicyModule):
         repeat = (items[:, :, None] == batch.history[:, None, :]).any(-1) & (items >= 0)  # [B, G]
         repeat_term = -self.repeat_penalty * repeat.float() * group_spread(raw, valid & ~repeat)  # [B, G]
         rewards = penalise_invalid(raw + hit + repeat_term, valid, self.invalid_penalty, self.invalid_margin)
-        gt_reward = nan_if_nonfinite(self.reward_model.score(batch.history, batch.target[:, None], batch.user)[:, 0]
-                                     .float())  # [B]
         advantages, zero_std = self.advantages(rewards)
         truth = self.true_utility(batch, items)
         return Rollout(tokens, items, valid, repeat, rewards, hit, gt_reward, advantages, zero_std,
@@ -355,21 +411,40 @@ class GRPOModule(PolicyModule):
     # ------------------------------------------------------------------------------- losses
     def losses(self, batch: PromptBatch, ro: Rollout, old_logp: torch.Tensor | None,
                ref_logp: torch.Tensor | None) -> tuple[StepLosses, torch.Tensor]:
-        """One forward over the group plus the ground truth; returns the per-sample losses and the
-        candidates' token log-probs (detached, to serve as the old log-probs of later passes)."""
+        """One optimisation pass: the forward (:meth:`policy_logprobs`), the per-sample losses (:meth:`loss_terms`)
+        and, on the first pass (``old_logp`` None), the rollout policy's diagnostics (:meth:`rollout_diagnostics`)
+        from that same forward. Returns the losses and the candidates' token log-probs (detached, to serve as
+        the old log-probs of later passes)."""
+        fwd = self.policy_logprobs(batch, ro)
+        out = self.loss_terms(fwd, ro, old_logp, ref_logp)
+        if old_logp is None:
+            out.diagnostics = self.rollout_diagnostics(batch, ro, fwd)
+        return out, fwd.logp.detach()
+
+    def rollout_temperature(self) -> float:
+        """The temperature the rollout sampled at (1 for beams): ratio and KL use that distribution."""
+        return self.rollout_config.temperature if self.rollout_config.mode == "sample" else 1.0
+
+    def policy_logprobs(self, batch: PromptBatch, ro: Rollout) -> PolicyPass:
+        """One tree-attention forward over the group plus the ground truth (with gradients)."""
         g = ro.tokens.shape[1]
         everything = torch.cat([ro.tokens, batch.target_tokens[:, None, :]], 1)  # [B, G+1, L]
         logits = candidate_logits(self.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids,
                                   everything)  # [B, G+1, L, V]
         constrained = self.rollout_config.constrained
-        # Ratio and KL use the distribution the rollout sampled from: tempered when sampling at T != 1.
-        temp = self.rollout_config.temperature if self.rollout_config.mode == "sample" else 1.0
         excl = self.excluded(batch)  # the support the rollout decoded from: without seen items when exclude_seen
-        logp = token_logprobs(logits[:, :g] / temp, ro.tokens, self.engine, constrained, excl)  # [B, G, L]
+        logp = token_logprobs(logits[:, :g] / self.rollout_temperature(), ro.tokens, self.engine, constrained,
+                              excl)  # [B, G, L]
         gt_support = token_logprobs(logits[:, g:], batch.target_tokens[:, None], self.engine, constrained,
                                     excl)  # [B, 1, L]
         gt_full = token_logprobs(logits[:, g:], batch.target_tokens[:, None])  # [B, 1, L]
-        nll = -gt_full[:, 0].mean(1)  # [B], token-mean NLL of y* (full vocabulary, as in SFT)
+        return PolicyPass(logits, logp, gt_support, gt_full)
+
+    def loss_terms(self, fwd: PolicyPass, ro: Rollout, old_logp: torch.Tensor | None,
+                   ref_logp: torch.Tensor | None) -> StepLosses:
+        """Per-sample NLL of y*, clipped-surrogate GRPO loss, KL, clip fraction and mean ratio ``[B]``."""
+        logp = fwd.logp
+        nll = -fwd.gt_full[:, 0].mean(1)  # [B], token-mean NLL of y* (full vocabulary, as in SFT)
         old = logp.detach() if old_logp is None else old_logp
         finite = torch.isfinite(logp)  # an invalid token under the support has -inf: it carries no gradient
         safe = torch.where(finite, logp, torch.zeros_like(logp))
@@ -381,28 +456,32 @@ class GRPOModule(PolicyModule):
         kl = aggregate(terms.kl.detach(), mask, self.aggregation)
         clip = aggregate(terms.clipped.float(), mask, self.aggregation)
         ratio = aggregate(terms.ratio.detach(), mask, self.aggregation)
-        diag = None
-        if old_logp is None:  # the rollout policy's diagnostics, both sides at temperature 1
-            with torch.no_grad():
-                cand = logp.detach() if temp == 1.0 else token_logprobs(
-                    logits[:, :g].detach(), ro.tokens, self.engine, constrained, excl)
-                ok = ro.valid & ~ro.repeat
-                diag = compute_diagnostics(ro.items, ok, cand.sum(2), batch.target,
-                                           gt_support[:, 0].detach().sum(1), ro.rewards, ro.gt_reward)
-                if ro.truth is not None:  # within-group concordance with the truth: the oracle gate's signal
-                    pairs = ok & first_occurrence(ro.items)
-                    raw = ro.rewards if ro.raw is None else ro.raw
-                    diag = diag.with_truth(concordance(raw, ro.truth, pairs), concordance(cand.sum(2), ro.truth, pairs))
-        return StepLosses(nll, grpo, kl, clip, ratio, diag), logp.detach()
+        return StepLosses(nll, grpo, kl, clip, ratio)
+
+    @torch.no_grad()
+    def rollout_diagnostics(self, batch: PromptBatch, ro: Rollout, fwd: PolicyPass) -> Diagnostics:
+        """The diagnostics the gates read, from a forward of the rollout policy (the first pass), both sides at
+        temperature 1."""
+        g = ro.tokens.shape[1]
+        temp = self.rollout_temperature()
+        cand = fwd.logp.detach() if temp == 1.0 else token_logprobs(
+            fwd.logits[:, :g].detach(), ro.tokens, self.engine, self.rollout_config.constrained, self.excluded(batch))
+        ok = ro.valid & ~ro.repeat
+        diag = compute_diagnostics(ro.items, ok, cand.sum(2), batch.target, fwd.gt_support[:, 0].detach().sum(1),
+                                   ro.rewards, ro.gt_reward)
+        if ro.truth is not None:  # within-group concordance with the truth: the oracle gate's signal
+            pairs = ok & first_occurrence(ro.items)
+            raw = ro.rewards if ro.raw is None else ro.raw
+            diag = diag.with_truth(concordance(raw, ro.truth, pairs), concordance(cand.sum(2), ro.truth, pairs))
+        return diag
 
     @torch.no_grad()
     def reference_logprobs(self, batch: PromptBatch, ro: Rollout) -> torch.Tensor | None:
         if self.beta == 0:
             return None
         logits = candidate_logits(self.reference, batch.prompt_ids, batch.prompt_mask, batch.position_ids, ro.tokens)
-        temp = self.rollout_config.temperature if self.rollout_config.mode == "sample" else 1.0
-        return token_logprobs(logits / temp, ro.tokens, self.engine, self.rollout_config.constrained,
-                              self.excluded(batch))
+        return token_logprobs(logits / self.rollout_temperature(), ro.tokens, self.engine,
+                              self.rollout_config.constrained, self.excluded(batch))
 
     def excluded(self, batch: PromptBatch) -> torch.Tensor | None:
         """Items the rollouts may not propose ``[B, H]`` (the user's history) when ``exclude_seen``; else None."""
@@ -501,15 +580,18 @@ class GRPOModule(PolicyModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint[CKPT_KEY]["init_from"] = self.init_from
         checkpoint[CKPT_KEY]["balancer"] = self.balancer.describe()
-        # Gates given to the module (not as trainer callbacks) keep their running state here.
+        # Every gate's running state (those moved here from trainer.callbacks too): saved once, here.
         checkpoint[CKPT_KEY]["gates"] = {g.state_key: g.state_dict() for g in self.module_gates}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         states = (checkpoint.get(CKPT_KEY) or {}).get("gates", {})
+        older = checkpoint.get("callbacks") or {}  # checkpoints from before: trainer-callback gates saved there
         for gate in self.module_gates:
             if gate.state_key in states:
                 gate.load_state_dict(states[gate.state_key])
+            elif gate.state_key in older:
+                gate.load_state_dict(older[gate.state_key])
 
 
 def group_spread(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ def test_foreign_packages_first_on_path_do_not_shadow_ours(tmp_path):
                            "--print_config"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "class_path: adagrpo.callbacks.RunRecorder" in proc.stdout
-    assert "class_path: adagrpo.callbacks.PolicyDifficultyGate" in proc.stdout
+    assert "class_path: adagrpo.lightning_modules.PolicyDifficultyGate" in proc.stdout
     code = "from adagrpo.callbacks import Gate; import adagrpo.callbacks as c; print(c.__file__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
