@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from adagrpo.callbacks.gates import PolicyDifficultyGate, RewardDiscriminabilityGate, combine_gates
 from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sequence import PAD_ITEM, SeqRecDataModule, _left_pad
 from adagrpo.lightning_modules.base import CKPT_KEY, check_signature
 from adagrpo.lightning_modules.decoding import DecodingConfig, DecodingEngine, candidate_logits, token_logprobs
 from adagrpo.lightning_modules.diagnostics import Diagnostics, compute_diagnostics, concordance, first_occurrence
+from adagrpo.lightning_modules.gating import PolicyDifficultyGate, RewardDiscriminabilityGate, combine_gates
 from adagrpo.lightning_modules.policy import spec_from_description
 from adagrpo.lightning_modules.reward import RewardModel
 
