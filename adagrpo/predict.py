@@ -225,8 +225,8 @@ def cmd_predict(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     from adagrpo.commands import load_datamodule
     from adagrpo.errors import ConfigError, DataError
-    from adagrpo.lightning_cli import read_record, record_dir
     from adagrpo.lightning_modules.checkpoint_io import IncompatibleCheckpoint
+    from adagrpo.records import read_record, record_dir
 
     def fail(message: str) -> int:
         print(f"adagrpo predict: {message}", file=sys.stderr)
