@@ -304,6 +304,8 @@ class AdaGRPOCLI(LightningCLI):
 
 
 def run_lightning_cli(argv: list[str]) -> AdaGRPOCLI | None:
+    global CURRENT
+    CURRENT = None  # set once this command's trainer exists (an earlier in-process command's is not ours)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv[0] == "predict":  # recommendations to a file (adagrpo.predict), not Trainer.predict
         from adagrpo.predict import cmd_predict

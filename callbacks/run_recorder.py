@@ -28,7 +28,7 @@ from adagrpo.datamodules.cache import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-RUNNING = "running.json"
+RUNNING = "running.json"  # the record of a fit in progress (or killed)
 RESUME_CKPT = Path("resume") / "last.ckpt"
 
 
@@ -41,10 +41,13 @@ class RunRecorder(Callback):
     Args:
         record_dir: folder of ``latest.json`` and the stable copies (default: the CLI's record folder, else the
             trainer's ``default_root_dir``).
-        every_n_train_steps: write ``resume/last.ckpt`` every this many optimizer steps (0 = never).
+        every_n_train_steps: write ``resume/last.ckpt`` every this many optimizer steps (0 = never; default
+            ``$ADAGRPO_RESUME_EVERY`` or 50).
     """
 
-    def __init__(self, record_dir: str | None = None, every_n_train_steps: int = 50) -> None:
+    def __init__(self, record_dir: str | None = None, every_n_train_steps: int | None = None) -> None:
+        if every_n_train_steps is None:
+            every_n_train_steps = int(os.environ.get("ADAGRPO_RESUME_EVERY", "50"))
         if every_n_train_steps < 0:
             from adagrpo.datamodules.errors import ConfigError
 

@@ -91,3 +91,23 @@ class ResumableLoader(DataLoader):
             # Saved after the epoch's last batch: Lightning's resumed fit reads this iterator as the next epoch.
             epoch, batches = epoch + 1, 0
         self.resumable_sampler.skip(epoch, batches * per_batch)
+
+
+def restore_loader_position(trainer) -> bool:  # noqa: ANN001 — a lightning.Trainer
+    """Hand a resumed fit's saved loader positions to its training loaders, if Lightning has not.
+
+    Lightning loads them when it first builds the training loader of a restored fit; but when something asked for
+    ``trainer.estimated_stepping_batches`` before the checkpoint was restored (a scheduler sized by it, in
+    ``configure_optimizers``), the loader was built, and its iterator started, too early, and the saved positions are
+    never applied. Called from ``on_train_start`` (after the restore, before the first batch): loads them and restarts
+    the iterator from there. Returns whether it did."""
+    fit_loop = trainer.fit_loop
+    states = getattr(fit_loop, "_combined_loader_states_to_load", None)
+    loader = getattr(fit_loop, "_combined_loader", None)
+    fetcher = getattr(fit_loop, "_data_fetcher", None)
+    if not states or loader is None or fetcher is None:
+        return False
+    loader._load_state_dicts(states)
+    fit_loop._combined_loader_states_to_load = []
+    iter(fetcher)  # a new iterator (and its prefetched batch) from the restored position
+    return True

@@ -47,8 +47,10 @@ class PolicyModule(FiniteSteps, L.LightningModule):
         val_unconstrained: also evaluate unconstrained decoding (hallucination rate) in validation.
         test_unconstrained: also evaluate unconstrained decoding (hallucination rate) in test.
         test_prefix: metric prefix of ``test`` (``adagrpo test --checkpoint last`` sets ``test_last``).
-        val_filter_seen / test_filter_seen: also rank with each user's history excluded from decoding and log
-            ``<stage>/filtered/…`` beside the unfiltered metrics (the two share one prefill).
+        val_filter_seen: in validation, also rank with each user's history excluded from decoding and log
+            ``val/filtered/…`` beside the unfiltered metrics (the two share one prefill).
+        test_filter_seen: in test, also rank with each user's history excluded from decoding and log
+            ``<test_prefix>/filtered/…`` beside the unfiltered metrics (the two share one prefill).
     """
 
     def __init__(
@@ -149,6 +151,11 @@ class PolicyModule(FiniteSteps, L.LightningModule):
     def run_label(self) -> str:
         """How ``adagrpo compare`` labels this run."""
         return "SFT"
+
+    def on_train_start(self) -> None:
+        from adagrpo.datamodules.resumable import restore_loader_position
+
+        restore_loader_position(self.trainer)  # a resumed fit continues mid-epoch where it stopped
 
     def on_fit_start(self) -> None:
         from lightning.pytorch.loggers import MLFlowLogger

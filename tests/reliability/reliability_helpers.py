@@ -47,3 +47,33 @@ def tree_digest(*roots: Path) -> str:
                 p = Path(dirpath) / name
                 h.update(str(p).encode() + p.read_bytes())
     return h.hexdigest()
+
+
+class KillAfterSaves(L.Callback):
+    """Kills its own process with SIGKILL (no cleanup, no hook runs) once ``resume/last.ckpt`` holds step ``step``
+    or later: a fit killed after its second periodic checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        import json
+        import signal
+
+        running = Path(os.environ["ADAGRPO_RECORD_DIR"]) / "running.json"
+        if running.is_file() and (json.loads(running.read_text()).get("global_step") or 0) >= self.step:
+            if json.loads(running.read_text()).get("checkpoint"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BatchLog(L.Callback):
+    """Appends ``global_step batch_idx sum(input_ids) lr`` of every training batch to ``path`` (debugging aid)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        w = float(next(pl_module.parameters()).detach().double().sum())
+        with open(self.path, "a") as fh:
+            fh.write(f"{trainer.global_step} {batch_idx} {int(batch.input_ids.sum())} {lr:.6g} {w:.10g}\n")
