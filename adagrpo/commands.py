@@ -52,8 +52,14 @@ def cmd_prepare(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="where to write sid_table.tsv and the index "
                         "(default: runs/prepared/<dataset>)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars on stderr (reading files, text "
+                        "embeddings, RQ-KMeans); they show only when stderr is a terminal anyway")
     args, overrides = parser.parse_known_args(argv)
     from adagrpo.errors import ConfigError, DataError
+    from adagrpo.progress import set_quiet
+
+    if args.quiet:
+        set_quiet()
 
     start = time.perf_counter()
     try:

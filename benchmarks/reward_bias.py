@@ -11,7 +11,11 @@ quality on held-out *biased* logs with its quality against an unbiased reference
 * ``--dataset beauty``: Amazon Beauty with simulated exposure (``SimulatedExposure(alpha=1)``);
   AUC on held-out biased logs and discriminability by popularity bucket of the true item.
 
-Results go to ``benchmarks/results/reward_bias_<dataset>.txt`` (``--out`` to change).
+Results go to ``benchmarks/results/reward_bias_<dataset>.txt`` (``--out`` to change), and the bias report's
+plot (AUC and discriminability by popularity bucket, 95% intervals, counts) beside it:
+``reward_bias_<dataset>.png``, one per α for the synthetic world (``reward_bias_synthetic_alpha<α>.png``);
+``--no-plot`` skips it. Progress bars (SIDs, the report) go to stderr when it is a terminal;
+``--quiet`` turns them off.
 
     python benchmarks/reward_bias.py                          # synthetic, α ∈ {0, 1, 2}
     python benchmarks/reward_bias.py --users 2000 --epochs 2  # smaller / quicker
@@ -41,8 +45,9 @@ import lightning as L  # noqa: E402
 from adagrpo import datamodules  # noqa: E402
 from adagrpo.datamodules.exposure import CoatExposure, CoatSource, SimulatedExposure, WorldExposure  # noqa: E402
 from adagrpo.datamodules.reward_data import RewardDataModule  # noqa: E402
-from adagrpo.lightning_modules.bias_report import bias_report  # noqa: E402
+from adagrpo.lightning_modules.bias_report import bias_report, plot_report  # noqa: E402
 from adagrpo.lightning_modules.reward import RewardModelModule  # noqa: E402
+from adagrpo.progress import set_quiet  # noqa: E402
 
 DEFAULT_EPOCHS = {"synthetic": 3, "coat": 20, "beauty": 3}
 DEFAULT_BATCH = {"synthetic": 256, "coat": 128, "beauty": 256}
@@ -66,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=os.environ.get("ADAGRPO_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     p.add_argument("--out", default=None, help="results file (default benchmarks/results/reward_bias_<dataset>.txt)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the bias report's PNG beside the results")
+    p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     args = p.parse_args(argv)
     args.epochs = args.epochs or DEFAULT_EPOCHS[args.dataset]
     args.batch = args.batch or DEFAULT_BATCH[args.dataset]
@@ -177,12 +184,26 @@ def info_line(info: dict) -> str:
             f"data {info['t_data']:.0f}s, fit {info['t_fit']:.0f}s, report {info['t_report']:.0f}s")
 
 
+def out_path(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"reward_bias_{args.dataset}.txt"
+
+
+def save_plot(args: argparse.Namespace, report: dict, title: str, suffix: str = "") -> None:
+    if args.no_plot:
+        return
+    txt = out_path(args)
+    png = plot_report(report, txt.with_name(f"{txt.stem}{suffix}.png"), title=title)
+    print(f"plot written to {png}", flush=True)
+
+
 def run_synthetic(args: argparse.Namespace) -> list[str]:
     rows, details = [], []
     header = (f"{'alpha':>5} | {'AUC biased':>10} | {'AUC truth':>9} | {'concord.':>8} | {'discr unif':>10} | "
               f"{'discr pop':>9} | {'gap (biased-truth)':>18}")
     for alpha in args.alphas:
         report, info = train_and_report(synthetic_dm(args, alpha), args)
+        save_plot(args, report, f"reward model bias — synthetic world ({args.users} users x {args.items} items), "
+                                f"exposure bias α = {alpha:g}", f"_alpha{alpha:g}")
         gap = report["auc/biased"] - report["auc/truth"]
         row = (f"{alpha:>5.1f} | {fmt(report['auc/biased']):>10} | {fmt(report['auc/truth']):>9} | "
                f"{fmt(report['concordance/truth']):>8} | {fmt(report['discr/uniform']):>10} | "
@@ -200,6 +221,7 @@ def run_synthetic(args: argparse.Namespace) -> list[str]:
 
 def run_coat(args: argparse.Namespace) -> list[str]:
     report, info = train_and_report(coat_dm(args), args)
+    save_plot(args, report, "reward model bias — Coat (self-selected vs random exposure)")
     b = args.buckets
     header = f"{'':<28} {'all':>6} | " + " ".join(f"{'b' + str(i):>6}" for i in range(b))
     lines = [header, "-" * len(header)]
@@ -215,6 +237,7 @@ def run_coat(args: argparse.Namespace) -> list[str]:
 
 def run_beauty(args: argparse.Namespace) -> list[str]:
     report, info = train_and_report(beauty_dm(args), args)
+    save_plot(args, report, "reward model bias — Amazon Beauty (simulated exposure)")
     b = args.buckets
     header = f"{'':<26} {'all':>6} | " + " ".join(f"{'b' + str(i):>6}" for i in range(b))
     lines = [header, "-" * len(header)]
@@ -230,6 +253,8 @@ def run_beauty(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.quiet:
+        set_quiet()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     run = {"synthetic": run_synthetic, "coat": run_coat, "beauty": run_beauty}[args.dataset]
@@ -252,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} threads; total {total:.0f}s",
         f"# {settings}",
         "", *body, ""])
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"reward_bias_{args.dataset}.txt"
+    out = out_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)

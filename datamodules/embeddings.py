@@ -22,6 +22,7 @@ import torch
 
 from adagrpo.datamodules.catalog import Interactions
 from adagrpo.errors import DataError
+from adagrpo.progress import progress
 
 #: Norm of the stand-in vector given to items with nothing to embed (no text, no co-occurrence):
 #: small next to the unit-norm rows, but distinct per item so k-means can still tell them apart.
@@ -196,7 +197,8 @@ class SentenceEmbeddings(ItemEmbeddings):
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = torch.zeros(len(texts), encoder.config.hidden_size)  # [N, H]
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
+            starts = range(0, len(order), self.batch_size)
+            for start in progress(starts, f"embedding {len(texts)} item texts", total=len(starts), unit="batch"):
                 rows = order[start : start + self.batch_size]
                 batch = tokenizer(
                     [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"

@@ -32,6 +32,7 @@ from adagrpo.datamodules.catalog import TEXT_FIELDS, Catalog, Interactions
 from adagrpo.datamodules.errors import missing_file
 from adagrpo.datamodules.sources import DataSource
 from adagrpo.errors import ConfigError, DataError
+from adagrpo.progress import progress
 
 Where = list[tuple[str, int | None, str | None]]
 
@@ -240,7 +241,9 @@ class ItemFile:
                     )
                 rows.append((key, value, line))
         elif suffix in (".jsonl", ".ndjson"):
-            for lineno, raw in enumerate(_split_lines(text), 1):
+            lines = _split_lines(text)
+            for lineno, raw in enumerate(progress(lines, f"reading {Path(path).name}", total=len(lines), unit="line"),
+                                         1):
                 if not raw.strip():
                     continue
                 try:
@@ -560,7 +563,7 @@ class SasRecText(DataSource):
         users: list[str] = []
         sequences: list[list[int]] = []
         where: Where = []
-        for lineno, raw in enumerate(lines, 1):
+        for lineno, raw in enumerate(progress(lines, f"reading {Path(path).name}", total=len(lines), unit="line"), 1):
             tokens = raw.split()
             if not tokens:
                 continue
@@ -581,7 +584,7 @@ class SasRecText(DataSource):
         items: list[str] = []
         times: list[float] = []
         row_lines: list[int] = []
-        for lineno, raw in enumerate(lines, 1):
+        for lineno, raw in enumerate(progress(lines, f"reading {Path(path).name}", total=len(lines), unit="line"), 1):
             tokens = raw.split()
             if not tokens:
                 continue

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import torch
 
+from adagrpo.progress import progress
+
 #: Entries of one chunk of the [rows, k] distance matrix (64 MiB of float32), so N=1e6, k=256 fits easily.
 _CHUNK_ELEMENTS = 1 << 24
 #: k-means++ seeds from a random subsample of this many points per cluster (at least _PP_MIN_SAMPLE):
@@ -36,6 +38,7 @@ def kmeans(
     seed: int = 0,
     balanced: bool = False,
     tol: float = 1e-4,
+    desc: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster ``x [N, D]`` into ``k`` groups; returns ``(centroids [k, D] float32, assign [N] int64)``.
 
@@ -43,6 +46,7 @@ def kmeans(
     shift falls below ``tol`` × the mean per-dimension variance of ``x``. Clusters left empty are
     re-seeded with the points farthest from their centroids. ``balanced=True`` caps every cluster
     at ``ceil(N / k)`` points (see :func:`balanced_assign`). Deterministic for a given seed and device.
+    ``desc`` labels a progress bar over the iterations (stderr, :mod:`adagrpo.progress`).
     """
     x = _as_points(x)  # [N, D]
     n = x.shape[0]
@@ -54,7 +58,7 @@ def kmeans(
     centroids = _kmeans_pp(x, k, gen)  # [k, D]
     threshold = tol * float(x.var(dim=0, unbiased=False).mean())
     capacity = math.ceil(n / k)
-    for _ in range(iters):
+    for _ in progress(range(iters), desc, unit="iter") if desc else range(iters):
         assign, dist = balanced_assign(x, centroids, capacity) if balanced else nearest(x, centroids)
         updated = _update_centroids(x, assign, dist, centroids)  # [k, D]
         shift = float(((updated - centroids) ** 2).sum())
@@ -78,7 +82,8 @@ def rq_kmeans(
     residual = _as_points(x).clone()  # [N, D]
     codes, centroids, norms = [], [], []
     for level, k in enumerate(codebook_sizes):
-        c, assign = kmeans(residual, int(k), iters=iters, seed=seed + level, balanced=balanced)
+        c, assign = kmeans(residual, int(k), iters=iters, seed=seed + level, balanced=balanced,
+                           desc=f"RQ-KMeans level {level + 1}/{len(codebook_sizes)} (k={k}, N={len(residual)})")
         residual -= c[assign]  # [N, D]
         codes.append(assign)
         centroids.append(c)

@@ -10,7 +10,10 @@ unbiased data, by item popularity — the evidence that it is reliable on some s
   scores above all of N uniformly sampled (or N most popular) negatives; ``discr_auc/*`` the share of
   negatives it beats on average.
 
-Every number is also given per item-popularity bucket (equal item counts, bucket 0 = least popular).
+Every number is also given per item-popularity bucket (equal item counts, bucket 0 = least popular), with its
+count ``<key>/bucket<b>/n`` (scored impressions for the log AUCs, users otherwise) and standard error
+``<key>/bucket<b>/se``: Hanley–McNeil for an AUC over impressions, the standard error of the mean over users for
+``auc/truth``, binomial for the ``discr`` shares.
 """
 
 from __future__ import annotations
@@ -26,6 +29,35 @@ import torch
 
 from adagrpo.datamodules.reward_data import RewardDataModule
 from adagrpo.lightning_modules.metrics import auc
+from adagrpo.progress import progress
+
+
+def auc_standard_error(a: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC ``a`` from ``n_pos`` positives and ``n_neg`` negatives."""
+    if not (n_pos and n_neg) or math.isnan(a):
+        return math.nan
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
+
+
+def _bucket_auc(out: dict[str, Any], key: str, b: int, s: torch.Tensor, y: torch.Tensor) -> None:
+    a = auc(s, y)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    out[f"{key}/bucket{b}"] = a
+    out[f"{key}/bucket{b}/n"] = int(len(y))
+    out[f"{key}/bucket{b}/se"] = auc_standard_error(a, n_pos, n_neg)
+
+
+def _bucket_share(out: dict[str, Any], key: str, b: int, values: torch.Tensor, binomial: bool) -> None:
+    """Mean of ``values`` (per user) with its count and standard error (binomial for 0/1 shares)."""
+    n = int(len(values))
+    mean = float(values.mean()) if n else math.nan
+    if n > 1:
+        se = math.sqrt(mean * (1 - mean) / n) if binomial else float(values.double().std() / math.sqrt(n))
+    else:
+        se = math.nan
+    out[f"{key}/bucket{b}"], out[f"{key}/bucket{b}/n"], out[f"{key}/bucket{b}/se"] = mean, n, se
 
 
 def popularity_buckets(popularity: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -49,7 +81,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
 
     # 1. Held-out biased logs.
     scores, labels, items = [], [], []
-    for batch in dm.test_dataloader():
+    for batch in progress(dm.test_dataloader(), "bias report: held-out logs", unit="batch"):
         s = net(batch.history.to(device), batch.items.to(device), batch.user.to(device)).cpu()
         valid = batch.labels >= 0
         scores.append(s[valid])
@@ -59,7 +91,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
     out["auc/biased"] = auc(s, y)
     for b in range(buckets):
         m = bucket[it] == b
-        out[f"auc/biased/bucket{b}"] = auc(s[m], y[m])
+        _bucket_auc(out, "auc/biased", b, s[m], y[m])
 
     # Test users: (user, test position, true item).
     targets = dm.split.test
@@ -84,8 +116,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
         out["auc/truth"] = float(per_user.mean())
         best_bucket = bucket[cand.gather(1, best).squeeze(1)]
         for b in range(buckets):
-            m = best_bucket == b
-            out[f"auc/truth/bucket{b}"] = float(per_user[m].mean()) if m.any() else math.nan
+            _bucket_share(out, "auc/truth", b, per_user[best_bucket == b], binomial=False)
         # Pairwise agreement with the true utility over all random pairs (harder: most pairs are far
         # from anything the logging policy showed).
         i, j = torch.triu_indices(20, 20, 1)
@@ -94,7 +125,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
     if dm.logs.unbiased is not None:
         scores, labels, items = [], [], []
         log = dm.logs.unbiased
-        for start in range(0, len(log), 1024):
+        for start in progress(range(0, len(log), 1024), "bias report: random-exposure log", unit="chunk"):
             rows = np.arange(start, min(len(log), start + 1024))
             eb = dm.exposure_batch(log, rows)
             scores.append(net(eb.history.to(device), eb.items.to(device), eb.user.to(device)).cpu().flatten())
@@ -104,7 +135,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
         out["auc/unbiased"] = auc(s, y)
         for b in range(buckets):
             m = bucket[it] == b
-            out[f"auc/unbiased/bucket{b}"] = auc(s[m], y[m])
+            _bucket_auc(out, "auc/unbiased", b, s[m], y[m])
 
     # 3. Discriminability of the true next item against N negatives.
     top = torch.topk(pop.double(), negatives + 1).indices  # the most popular items
@@ -123,7 +154,7 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
         out[f"discr_auc/{name}"] = float(beats.mean())
         for b in range(buckets):
             m = tb == b
-            out[f"discr/{name}/bucket{b}"] = float(win[m].mean()) if m.any() else math.nan
+            _bucket_share(out, f"discr/{name}", b, win[m], binomial=True)
             out[f"discr_users/bucket{b}"] = int(m.sum())
     out["users"] = int(len(targets))
     out["negatives"] = negatives
@@ -131,6 +162,9 @@ def bias_report(net: torch.nn.Module, dm: RewardDataModule, negatives: int = 10,
 
 
 def plot_report(report: dict[str, Any], path: str | Path, title: str = "reward model bias") -> Path:
+    """Two panels by item-popularity bucket — AUC (left) and discriminability of the true next item (right) —
+    with 95% intervals (±1.96 standard errors) and each bar's count above it (impressions or users);
+    legends sit below the panels so that no bar is hidden."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,33 +172,48 @@ def plot_report(report: dict[str, Any], path: str | Path, title: str = "reward m
 
     b = report["buckets"]
     x = np.arange(b)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    series = [("auc/biased", "biased logs")] + [(k, lab) for k, lab in (("auc/truth", "truth (random pairs)"),
-                                                                        ("auc/unbiased", "random exposure"))
-                                                if k in report]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), layout="constrained")
+    series = [("auc/biased", "held-out biased logs", "impressions")] + [
+        (k, lab, unit) for k, lab, unit in (("auc/truth", "truth: random slates", "users"),
+                                           ("auc/unbiased", "random exposure", "impressions")) if k in report]
+
+    def bars(ax, key: str, offset: float, width: float, label: str) -> None:
+        vals = np.array([report.get(f"{key}/bucket{j}", math.nan) for j in range(b)], dtype=float)
+        se = np.array([report.get(f"{key}/bucket{j}/se", math.nan) for j in range(b)], dtype=float)
+        counts = [report.get(f"{key}/bucket{j}/n") for j in range(b)]
+        half = np.where(np.isfinite(se), 1.96 * se, 0.0)
+        shown = np.nan_to_num(vals)
+        yerr = [np.minimum(half, shown), np.minimum(half, 1.0 - shown)]  # intervals clipped to [0, 1]
+        drawn = ax.bar(x + offset, shown, width, yerr=yerr, capsize=2, label=label, error_kw={"lw": 0.8})
+        tops = shown + yerr[1]
+        for rect, top, count in zip(drawn, tops, counts):  # the count just above the interval
+            if count is not None:
+                ax.text(rect.get_x() + rect.get_width() / 2, top + 0.015, f"n={count}", rotation=90, ha="center",
+                        va="bottom", fontsize=6.5, color="0.3")
+
     width = 0.8 / len(series)
-    for i, (key, label) in enumerate(series):
-        vals = [report.get(f"{key}/bucket{j}", math.nan) for j in range(b)]
-        axes[0].bar(x + i * width, vals, width, label=f"{label} (all: {report[key]:.3f})")
+    for i, (key, label, unit) in enumerate(series):
+        bars(axes[0], key, i * width, width, f"{label} (all: {report[key]:.3f}; n = {unit})")
     axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
     axes[0].set_xticks(x + width * (len(series) - 1) / 2, [f"b{j}\n≤{report['bucket_max_popularity'][j]}"
                                                            for j in range(b)])
     axes[0].set_xlabel("item popularity bucket (max training count)")
     axes[0].set_ylabel("AUC")
-    axes[0].set_ylim(0.3, 1.0)
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylim(0.0, 1.22)
+    axes[0].set_yticks(np.linspace(0, 1, 6))
     axes[0].set_title("ranking quality by item popularity")
+    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
     for i, name in enumerate(("uniform", "popular")):
-        vals = [report.get(f"discr/{name}/bucket{j}", math.nan) for j in range(b)]
-        axes[1].bar(x + i * 0.4, vals, 0.4, label=f"vs {report['negatives']} {name} negatives "
-                                                   f"(all: {report[f'discr/{name}']:.3f})")
+        bars(axes[1], f"discr/{name}", i * 0.4, 0.4,
+             f"vs {report['negatives']} {name} negatives (all: {report[f'discr/{name}']:.3f}; n = users)")
     axes[1].set_xticks(x + 0.2, [f"b{j}" for j in range(b)])
     axes[1].set_xlabel("popularity bucket of the true next item")
-    axes[1].set_ylabel("share of users: true item scored above all negatives")
-    axes[1].legend(fontsize=8)
+    axes[1].set_ylabel("share of users\n(true item above all negatives)")
+    axes[1].set_ylim(0.0, 1.22)
+    axes[1].set_yticks(np.linspace(0, 1, 6))
     axes[1].set_title("discriminability")
-    fig.suptitle(title)
-    fig.tight_layout()
+    axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+    fig.suptitle(f"{title}  (bars: 95% intervals)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

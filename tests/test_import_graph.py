@@ -5,7 +5,7 @@
 * ``adagrpo.datamodules`` imports neither ``adagrpo.lightning_modules`` nor ``adagrpo.callbacks``;
 * ``adagrpo.lightning_modules`` does not import ``adagrpo.callbacks``;
 * none of the three imports the command layer (``adagrpo.cli``, ``adagrpo.commands``, ...): from ``adagrpo``'s own
-  modules they use only the shared :mod:`adagrpo.errors`;
+  modules they use only the shared :mod:`adagrpo.errors` and :mod:`adagrpo.progress`;
 * no cycle anywhere among the project's modules.
 """
 
@@ -25,7 +25,7 @@ SUBPACKAGES = ("adagrpo.datamodules", "adagrpo.lightning_modules", "adagrpo.call
 FORBIDDEN = {"adagrpo.datamodules": ("adagrpo.lightning_modules", "adagrpo.callbacks"),
              "adagrpo.lightning_modules": ("adagrpo.callbacks",)}
 #: the modules of the top-level package that the three packages may import
-SHARED = {"adagrpo.errors"}
+SHARED = {"adagrpo.errors", "adagrpo.progress"}
 
 
 def project_modules() -> dict[str, Path]:

@@ -556,3 +556,26 @@ def test_test_stage_writes_last_report(trained):
     quiet_trainer().test(module, dm, verbose=False)
     assert module.last_report is not None and "auc/truth" in module.last_report
     assert Path(trained["ckpt"]).exists()
+
+
+def test_bias_report_counts_and_standard_errors(trained):
+    from adagrpo.lightning_modules.bias_report import auc_standard_error
+
+    dm, module = trained["dm"], trained["module"]
+    report = bias_report(module.net, dm, negatives=10, buckets=5, max_users=100)
+    impressions = sum(int((batch.labels >= 0).sum()) for batch in dm.test_dataloader())
+    assert sum(report[f"auc/biased/bucket{b}/n"] for b in range(5)) == impressions
+    assert sum(report[f"auc/truth/bucket{b}/n"] for b in range(5)) == report["users"] == 100
+    for b in range(5):
+        assert report[f"discr/uniform/bucket{b}/n"] == report[f"discr_users/bucket{b}"]
+        for key in ("auc/biased", "auc/truth", "discr/uniform", "discr/popular"):
+            n, se = report[f"{key}/bucket{b}/n"], report[f"{key}/bucket{b}/se"]
+            assert math.isnan(se) or 0.0 <= se < 0.6, (key, b, se)
+            if n >= 30 and 0 < report[f"{key}/bucket{b}"] < 1:
+                assert se > 0, (key, b)
+        p, n = report[f"discr/popular/bucket{b}"], report[f"discr/popular/bucket{b}/n"]
+        if n > 1:
+            assert report[f"discr/popular/bucket{b}/se"] == pytest.approx(math.sqrt(p * (1 - p) / n))
+    # Hanley & McNeil by hand: A = 0.5, 10 + 10 → Q1 = Q2 = 1/3, var = (0.25 + 9/12 + 9/12) / 100
+    assert auc_standard_error(0.5, 10, 10) == pytest.approx(math.sqrt(0.0175))
+    assert math.isnan(auc_standard_error(0.7, 0, 10))
