@@ -110,6 +110,17 @@ class AdaGRPOCLI(LightningCLI):
                             "checkpoint (runs/<experiment>/<run_name>/resume/last.ckpt), in the same MLflow run. "
                             "`--ckpt_path last` does the same.")
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path``'s hyperparameters before anything else; a file that is not a readable,
+        pickle-free checkpoint fails here with a message naming it (and nothing else runs)."""
+        from adagrpo.lightning_modules.checkpoint_io import load_checkpoint
+
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and Path(str(ckpt)).exists():
+            load_checkpoint(str(ckpt), what="checkpoint (--ckpt_path)", mmap=True)
+        super()._parse_ckpt_path()
+
     def check_checkpoint(self) -> None:
         """Before fit/validate/test/predict with ``--ckpt_path FILE``: fail at once, in one process, if the checkpoint
         was trained on other semantic IDs than the configured data (see ``PolicyModule.check_checkpoint_file``)."""
@@ -133,6 +144,7 @@ class AdaGRPOCLI(LightningCLI):
         self.model.attach(self.datamodule)  # data, SIDs, beam width
         if self.subcommand != "fit":
             return
+        self.model.check_train_mode(self.datamodule)
         init_from = getattr(self.model, "init_from", None)
         if init_from:
             what = "SFT checkpoint (model.init_args.init_from)"

@@ -109,12 +109,17 @@ class PolicyModule(FiniteSteps, L.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         if not isinstance(dm, SeqRecDataModule):
             raise TypeError(f"{type(self).__name__} needs a SeqRecDataModule (got {type(dm).__name__})")
-        if stage == "fit" and self.required_train_mode and dm.train_mode != self.required_train_mode:
+        if stage == "fit":
+            self.check_train_mode(dm)
+        self.attach(dm)
+
+    def check_train_mode(self, dm: SeqRecDataModule) -> None:
+        """Raise :class:`ConfigError` if ``dm`` gives other training batches than this module trains on."""
+        if self.required_train_mode and dm.train_mode != self.required_train_mode:
             hint = "configs/data/*_rl.yaml" if self.required_train_mode == "prompts" else "configs/data/<name>.yaml"
             raise ConfigError("data.init_args.train_mode",
                               f"{type(self).__name__} trains on {self.required_train_mode!r} batches but the data "
                               f"gives {dm.train_mode!r} (use a {hint} data config)")
-        self.attach(dm)
 
     def configure_model(self) -> None:
         if self.policy is not None:
