@@ -12,7 +12,7 @@ from benchmarks import noise_map as nm
 
 
 def test_plan_varies_sft_and_reward_seeds_and_orders_main_cells_first(tmp_path):
-    stages = nm.plan([0, 1], steps=10, test_users=50, cells=["clean", "tail-moderate", "segment-moderate"],
+    stages = nm.plan([0, 1], steps=10, test_users=50, cells=["clean", "segment-moderate", "tail-moderate"],
                      runs=tmp_path)
     names = [s.name for s in stages]
     assert names[:2] == ["sft-biased-s0", "sft-biased-s1"]
@@ -24,8 +24,8 @@ def test_plan_varies_sft_and_reward_seeds_and_orders_main_cells_first(tmp_path):
         reward = json.loads(st.fit[st.fit.index("--model.init_args.reward") + 1])
         assert reward["init_args"]["seed"] == s
         assert st.test[:1] == ["test"] and st.test[-2:] == ["--checkpoint", "last"]
-    extra = [i for i, n in enumerate(names) if n.startswith("segment-")]
-    main = [i for i, n in enumerate(names) if n.startswith(("clean-", "tail-"))]
+    extra = [i for i, n in enumerate(names) if n.startswith("tail-")]
+    main = [i for i, n in enumerate(names) if n.startswith(("clean-", "segment-"))]
     assert min(extra) > max(main)  # the extra cell runs after every seed's main cells
     assert sum(n.startswith("continue_sft") for n in names) == 2  # one control per seed, shared by the cells
     assert len({s.key() for s in stages}) == len(stages)
