@@ -35,7 +35,7 @@ def test_four_concurrent_loggers_on_a_fresh_store(tmp_path):
 
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    start = time.time() + 12  # after every interpreter has started
+    start = time.time() + 8  # after every interpreter has started
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, uri, f"run{i}", str(start)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path) for i in range(4)]
     results = [p.communicate(timeout=300) for p in procs]

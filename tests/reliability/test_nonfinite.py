@@ -220,3 +220,39 @@ def test_grpo_skips_a_nan_loss_step(rl_dm, sft_ckpt, monkeypatch):
     assert g.finite_guard.skipped_steps == 1
     assert trainer.global_step == 3 and calls["n"] == 4  # the skipped rollout did not count as a step
     assert all(torch.isfinite(p).all() for p in g.policy.parameters())
+
+
+class RewardLog(L.Callback):
+    """Keeps the logged mean reward of every step."""
+
+    def __init__(self) -> None:
+        self.rewards: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.rewards.append(float(trainer.callback_metrics["reward/mean"]))
+
+
+@pytest.mark.slow
+def test_200_steps_with_5_percent_nan_rewards_track_a_clean_run(rl_dm, sft_ckpt):
+    """~5 % of candidates get NaN/inf rewards for 200 steps: the policy stays finite, the masked candidates and
+    (zero) skipped steps are logged, and the reward curve stays within noise of the same run with clean rewards."""
+    curves, guards = {}, {}
+    for share in (0.0, 0.05):
+        L.seed_everything(0)
+        g = _grpo(rl_dm, sft_ckpt, share=share)
+        log = RewardLog()
+        trainer = quiet_trainer(max_steps=200, log_every_n_steps=1, callbacks=[log])
+        trainer.fit(g, datamodule=rl_dm)
+        assert trainer.global_step == 200
+        assert all(torch.isfinite(p).all() for p in g.policy.parameters())
+        curves[share], guards[share] = torch.tensor(log.rewards), g.finite_guard
+        assert float(trainer.callback_metrics[MASKED_REWARDS]) == g.finite_guard.masked_rewards
+    assert guards[0.0].masked_rewards == 0 and guards[0.05].masked_rewards > 100
+    assert guards[0.05].skipped_steps == 0
+    clean, noisy = curves[0.0], curves[0.05]
+    assert torch.isfinite(noisy).all()
+    # Both runs learn the same way: the last 50 steps' mean reward gains over the first 50 agree within noise.
+    spread = clean[-50:].std() / 50 ** 0.5 + noisy[-50:].std() / 50 ** 0.5
+    gain_clean = clean[-50:].mean() - clean[:50].mean()
+    gain_noisy = noisy[-50:].mean() - noisy[:50].mean()
+    assert abs(gain_clean - gain_noisy) < 4 * spread + 0.05, (float(gain_clean), float(gain_noisy), float(spread))
