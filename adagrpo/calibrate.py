@@ -58,7 +58,7 @@ def cmd_calibrate(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     import torch
 
-    from adagrpo.commands import load_datamodule
+    from adagrpo.data_loading import load_datamodule
     from adagrpo.errors import ConfigError, DataError
     from adagrpo.lightning_modules.analysis import load_policy
     from adagrpo.lightning_modules.base import IncompatibleCheckpoint

@@ -12,34 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def load_datamodule(config: str, overrides: list[str] | None = None):
-    """Instantiate the DataModule described by a data config (``configs/data/*.yaml``) or by the
-    ``data:`` entry of an experiment config."""
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    from adagrpo.datamodules.sequence import SeqRecDataModule
-
-    path = Path(config)
-    if not path.exists():
-        raise SystemExit(f"adagrpo: config file not found: {config}")
-    top = yaml.safe_load(path.read_text()) or {}
-    parser = ArgumentParser(parser_mode="omegaconf", exit_on_error=False)
-    parser.add_subclass_arguments(SeqRecDataModule, "data", required=True)
-    if isinstance(top, dict) and "class_path" in top:
-        args = ["--data", str(path)]
-    elif isinstance(top, dict) and "data" in top:
-        data = top["data"]
-        if isinstance(data, str):
-            args = ["--data", str((path.parent / data).resolve())]
-        else:
-            cfg = parser.parse_string(yaml.safe_dump({"data": data}))
-            return parser.instantiate_classes(cfg).data
-    else:
-        raise SystemExit(f"adagrpo: {config} is neither a data config (class_path: …) nor has a `data:` entry")
-    cfg = parser.parse_args(args + list(overrides or []))
-    return parser.instantiate_classes(cfg).data
+from adagrpo.data_loading import load_datamodule  # noqa: F401 (re-exported: adagrpo.commands.load_datamodule)
 
 
 def cmd_prepare(argv: list[str]) -> int:
@@ -285,29 +258,53 @@ def cmd_ablate(argv: list[str]) -> int:
 def cmd_quickstart(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="adagrpo quickstart",
-        description="The whole method on the built-in synthetic world: prepare → SFT → reward model → GRPO (fixed "
-        "λ = 1) and AdaGRPO → comparison. Finished stages are reused unless --force.")
+        description="The paper's question on the built-in synthetic world, end to end: a world where imitating the "
+        "logs falls short of the truth, a reward that knows the truth but is noisy on half of the users; prepare → "
+        "SFT → calibration (does the world express the premise?) → continue-SFT control, GRPO (fixed λ = 1), "
+        "AdaGRPO and the oracle gate → paired comparison. Finished stages are reused unless --force.")
     parser.add_argument("--experiment", default="quickstart")
     parser.add_argument("--force", action="store_true", help="rerun every stage")
     parser.add_argument("--fast", action="store_true", help="a much shorter run (smoke test)")
     args = parser.parse_args(argv)
-    from adagrpo.experiments import quickstart_stages, run_pipeline
+    import json as _json
+
+    from adagrpo.calibrate import cmd_calibrate
+    from adagrpo.experiments import QUICKSTART_REWARD, quickstart_stages, run_pipeline
     from adagrpo.resources import config_root
 
     start = time.perf_counter()
-    print("== 1/6 prepare the synthetic world ==", flush=True)
-    code = cmd_prepare(["--config", str(config_root() / "data" / "synthetic.yaml")])
+    reward = f"{QUICKSTART_REWARD['class_path'].rsplit('.', 1)[-1]}{QUICKSTART_REWARD['init_args']}"
+    print("World: configs/data/sources/synthetic_biased.yaml: the logging policy's retriever over-weights the last "
+          "item and generic appeal, so a policy that imitates the clicks inherits its bias.\n"
+          f"Reward: {reward}: the true utility plus noise that is large on a fixed half of the users (informative, "
+          "noisy on an identifiable part).\n"
+          "Question: does admitting GRPO per sample (AdaGRPO) beat the control and a fixed mixture here?", flush=True)
+    print("\n== 1/5 prepare the synthetic world ==", flush=True)
+    code = cmd_prepare(["--config", str(config_root() / "data" / "synthetic_biased.yaml")])
     if code:
         return code
     stages = quickstart_stages(args.experiment, Path("runs"), fast=args.fast)
-    titles = {"sft": "2/6 supervised fine-tuning", "reward": "3/6 reward model on exposure-biased logs",
-              "grpo": "4/6 GRPO, fixed λ = 1", "adagrpo": "5/6 AdaGRPO"}
-    run_pipeline(args.experiment, stages, force=args.force, titles=titles)
-    print("\n== 6/6 comparison ==", flush=True)
-    code = cmd_compare(["--experiment", args.experiment])
-    reward_png = Path("runs") / args.experiment / "reward"
-    print(f"reward-model bias report: MLflow run '{args.experiment}/reward' (artifact reward_bias.png); "
-          f"records in {reward_png}")
+    titles = {"sft": "2/5 supervised fine-tuning",
+              "continue_sft": "4/5 RL from the SFT checkpoint: continue-SFT control (λ = 0)",
+              "grpo": "4/5 GRPO, fixed λ = 1", "adagrpo": "4/5 AdaGRPO",
+              "adagrpo_oracle": "4/5 oracle gate (reads the truth: the ceiling of any gate)"}
+
+    def calibrate() -> None:
+        print("\n== 3/5 calibration: does this world express the premise? ==", flush=True)
+        code = cmd_calibrate(["--data", str(config_root() / "data" / "synthetic_biased_rl.yaml"),
+                              "--sft", str(Path("runs") / args.experiment / "sft" / "best.ckpt"),
+                              "--reward", _json.dumps(QUICKSTART_REWARD), "--users", "200" if args.fast else "500",
+                              "--json", str(Path("runs") / args.experiment / "calibration.json")])
+        if code:
+            raise SystemExit(code)
+
+    run_pipeline(args.experiment, stages, force=args.force, titles=titles, after={"sft": calibrate})
+    print("\n== 5/5 comparison (one seed; paired with the continue-SFT control) ==", flush=True)
+    code = cmd_compare(["--experiment", args.experiment, "--paired", "continue_sft"])
+    print("Reading it: true HR@10 = the user's best unseen item (by the world's ground truth) is in the top 10; "
+          "'filtered' excludes the user's history from the list. A method answers the question when it beats both "
+          "the control and GRPO λ = 1; the oracle gate shows what any gate could gain. One seed only: "
+          "benchmarks/results/noise_map.md has the 3-seed map with intervals.")
     print(f"quickstart finished in {time.perf_counter() - start:.0f} s; browse every run with: "
           "mlflow ui --backend-store-uri sqlite:///mlflow.db")
     return code

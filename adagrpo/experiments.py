@@ -16,7 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +81,10 @@ def run_command(cmd: list[str], env: dict[str, str], log_path: Path, echo: bool 
 
 
 def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs_root: Path = Path("runs"),
-                 echo: bool = True, titles: dict[str, str] | None = None) -> dict[str, dict]:
-    """Run ``stages`` in order (skipping finished ones); returns each stage's record."""
+                 echo: bool = True, titles: dict[str, str] | None = None,
+                 after: dict[str, Callable[[], None]] | None = None) -> dict[str, dict]:
+    """Run ``stages`` in order (skipping finished ones); returns each stage's record. ``after[name]`` is called once
+    stage ``name`` is done (run or reused), e.g. a report on its checkpoint."""
     keys: dict[str, str] = {}
     records: dict[str, dict] = {}
     for stage in stages:
@@ -98,6 +100,8 @@ def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs
             if prior.get("key") == key and best and Path(best).is_file():
                 print(f"[{stage.run_name}] up to date (key {key}); reusing {prior['best_copy']}", flush=True)
                 records[stage.run_name] = prior
+                if after and stage.run_name in after:
+                    after[stage.run_name]()
                 continue
         start = time.perf_counter()
         base = ["--config", str(stage.config), "--experiment", experiment, "--run_name", stage.run_name]
@@ -115,6 +119,8 @@ def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs
         atomic_write_text(done, json.dumps(record, indent=2))
         records[stage.run_name] = record
         print(f"[{stage.run_name}] done in {record['seconds']} s", flush=True)
+        if after and stage.run_name in after:
+            after[stage.run_name]()
     return records
 
 
@@ -128,9 +134,8 @@ def ablation_run(experiment: str, configs: list[str], seeds: list[int], override
     from mlflow.tracking import MlflowClient
 
     from adagrpo.compare import tracking_uri_default
-    from adagrpo.run_config import PARENT_RUN_ENV, TAG_KIND
-
     from adagrpo.mlflow_store import ensure_store
+    from adagrpo.run_config import PARENT_RUN_ENV, TAG_KIND
 
     uri = tracking_uri or tracking_uri_default()
     ensure_store(uri, experiment)  # a SQLite store shared with the stages' fits: created once, under a lock
@@ -156,23 +161,34 @@ def ablation_run(experiment: str, configs: list[str], seeds: list[int], override
         client.set_terminated(run_id, status)
 
 
+#: The quickstart's reward: the world's true utility plus fixed noise σ = 0.3 on a fixed half of the users (0.03 on
+#: the other half) — informative where the imitating policy is not, noisy on an identifiable part: the premise the
+#: calibration report measures (benchmarks/results/calibration/biased_segment0.3.txt).
+QUICKSTART_REWARD = {"class_path": "adagrpo.lightning_modules.NoisyReward",
+                     "init_args": {"noise": 0.3, "noise_on": "segment"}}
+
+
 def quickstart_stages(experiment: str, runs_root: Path, fast: bool = False) -> list[Stage]:
-    """prepare → SFT → reward model → GRPO (fixed λ = 1) and AdaGRPO, on the synthetic world."""
+    """SFT → the continue-SFT control, GRPO (fixed λ = 1), AdaGRPO and the oracle gate (the ceiling of any gate), on
+    the synthetic world with an imitation deficit and :data:`QUICKSTART_REWARD`."""
     exp = config_root() / "experiments"
+    data = config_root() / "data"
     sft_ckpt = str(runs_root / experiment / "sft" / "best.ckpt")
-    rm_ckpt = str(runs_root / experiment / "reward" / "best.ckpt")
-    rl_env = {"ADAGRPO_SFT_CKPT": sft_ckpt, "ADAGRPO_REWARD_CKPT": rm_ckpt}
     # Sized to finish in under 15 minutes on 2 CPU cores (SFT plateaus after ~5 epochs on this world).
-    sft_over = ["--trainer.max_epochs", "2" if fast else "6", "--data.init_args.max_test_samples", "2000"]
-    rm_over = ["--trainer.max_epochs", "1" if fast else "3"]
-    rl_over = ["--trainer.max_steps", "20" if fast else "100", "--trainer.val_check_interval", "10" if fast else "50",
-               "--data.init_args.max_test_samples", "2000"]
+    sft_over = ["--data", str(data / "synthetic_biased.yaml"), "--trainer.max_epochs", "2" if fast else "6",
+                "--data.init_args.max_test_samples", "1000"]
+    steps = "10" if fast else "60"
+    # One validation, at the last step: the tested checkpoint is the final one.
+    rl_over = ["--data", str(data / "synthetic_biased_rl.yaml"), "--model.init_args.init_from", sft_ckpt,
+               "--model.init_args.reward", json.dumps(QUICKSTART_REWARD), "--trainer.max_steps", steps,
+               "--trainer.val_check_interval", steps, "--data.init_args.max_eval_samples", "300",
+               "--data.init_args.max_test_samples", "1000"]
     if fast:
         sft_over += ["--data.init_args.max_eval_samples", "300"]
-        rl_over += ["--data.init_args.max_eval_samples", "300"]
     return [
         Stage("sft", exp / "sft.yaml", sft_over),
-        Stage("reward", exp / "reward.yaml", rm_over),
-        Stage("grpo", exp / "grpo.yaml", rl_over, rl_env, depends=["sft", "reward"], test_last=True),
-        Stage("adagrpo", exp / "adagrpo.yaml", rl_over, rl_env, depends=["sft", "reward"], test_last=True),
+        Stage("continue_sft", exp / "continue_sft.yaml", rl_over, depends=["sft"]),
+        Stage("grpo", exp / "grpo.yaml", rl_over, depends=["sft"]),
+        Stage("adagrpo", exp / "adagrpo.yaml", rl_over, depends=["sft"]),
+        Stage("adagrpo_oracle", exp / "adagrpo_oracle.yaml", rl_over, depends=["sft"]),
     ]

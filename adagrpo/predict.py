@@ -223,7 +223,7 @@ def cmd_predict(argv: list[str]) -> int:
                         "runs/predict/, recommendations.tsv)")
     parser.add_argument("--format", choices=FORMATS, default=None, help="override the format chosen by --out's suffix")
     args, overrides = parser.parse_known_args(argv)
-    from adagrpo.commands import load_datamodule
+    from adagrpo.data_loading import load_datamodule
     from adagrpo.errors import ConfigError, DataError
     from adagrpo.lightning_modules.checkpoint_io import IncompatibleCheckpoint
     from adagrpo.records import read_record, record_dir

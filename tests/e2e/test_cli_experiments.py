@@ -39,6 +39,11 @@ GATES = {  # config → the gates it must log an open rate for
     "adagrpo_inject_gt": ["difficulty", "discriminability"],
     "adagrpo_difficulty_only": ["difficulty"],
     "adagrpo_discriminability_only": ["discriminability"],
+    "adagrpo_relative": ["difficulty", "discriminability"],
+    "adagrpo_band": ["difficulty", "discriminability"],
+    "adagrpo_spread": ["difficulty", "discriminability"],
+    "adagrpo_heldout": ["difficulty", "discriminability"],
+    "adagrpo_oracle": ["oracle"],
 }
 
 TINY_SOURCE = ["--data.init_args.source.init_args.num_users", "150",
@@ -345,4 +350,4 @@ def test_export_cli_writes_a_pretrained_folder(cli_world, tmp_path, capsys):
     assert (tmp_path / "hf" / "config.json").exists() and (tmp_path / "hf" / "tokenizer.json").exists()
     with pytest.raises(SystemExit) as exit_:
         main(["export", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
-    assert exit_.value.code == 1 and "checkpoint not found" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "checkpoint not found" in capsys.readouterr().err

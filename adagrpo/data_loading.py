@@ -1,0 +1,35 @@
+"""Instantiate a DataModule from a data config or an experiment config's ``data:`` entry (used by every command
+that reads data outside LightningCLI: prepare, calibrate, predict, analyze)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_datamodule(config: str, overrides: list[str] | None = None):
+    """Instantiate the DataModule described by a data config (``configs/data/*.yaml``) or by the
+    ``data:`` entry of an experiment config."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from adagrpo.datamodules.sequence import SeqRecDataModule
+
+    path = Path(config)
+    if not path.exists():
+        raise SystemExit(f"adagrpo: config file not found: {config}")
+    top = yaml.safe_load(path.read_text()) or {}
+    parser = ArgumentParser(parser_mode="omegaconf", exit_on_error=False)
+    parser.add_subclass_arguments(SeqRecDataModule, "data", required=True)
+    if isinstance(top, dict) and "class_path" in top:
+        args = ["--data", str(path)]
+    elif isinstance(top, dict) and "data" in top:
+        data = top["data"]
+        if isinstance(data, str):
+            args = ["--data", str((path.parent / data).resolve())]
+        else:
+            cfg = parser.parse_string(yaml.safe_dump({"data": data}))
+            return parser.instantiate_classes(cfg).data
+    else:
+        raise SystemExit(f"adagrpo: {config} is neither a data config (class_path: …) nor has a `data:` entry")
+    cfg = parser.parse_args(args + list(overrides or []))
+    return parser.instantiate_classes(cfg).data
