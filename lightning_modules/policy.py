@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -202,6 +204,58 @@ def _finish(model: nn.Module, gradient_checkpointing: bool) -> None:
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+
+
+#: the attention implementation :func:`float32_attention` switches a model to (registered on first use)
+FP32_SDPA = "adagrpo_sdpa_fp32"
+
+
+def _sdpa_fp32(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, **kwargs):  # noqa: ANN003, ANN202
+    """transformers' SDPA attention, computed in float32 when autocast hands it reduced-precision CPU tensors.
+
+    On the CPU the bfloat16 flash-attention backward is several times slower than the float32 one (measured:
+    ``benchmarks/sft_step.py``), while the projections around it gain most from bfloat16; so under CPU autocast
+    the attention itself runs in float32 and its output returns in the input's dtype. Elsewhere (float32
+    inputs, CUDA) it is exactly transformers' ``sdpa``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    dtype = query.dtype
+    if query.device.type != "cpu" or dtype == torch.float32:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with torch.autocast("cpu", enabled=False):
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
+                                              **kwargs)
+    return out.to(dtype), weights
+
+
+def _register_fp32_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+
+    if FP32_SDPA not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(FP32_SDPA, _sdpa_fp32)
+        AttentionMaskInterface.register(FP32_SDPA, sdpa_mask)  # the same masks as ``sdpa``
+
+
+@contextmanager
+def float32_attention(model: nn.Module) -> Iterator[None]:
+    """Within: a model configured with ``sdpa`` attention computes its attention in float32 under CPU autocast
+    (see :func:`_sdpa_fp32`). Models with another attention implementation are left as they are. The switch is
+    the model config's ``_attn_implementation``, which transformers reads at every forward call and never saves."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "_attn_implementation", None)
+    if previous != "sdpa":
+        yield
+        return
+    _register_fp32_sdpa()
+    config._attn_implementation = FP32_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
 
 
 def save_sid_tokenizer(folder: str, vocab: SidVocab) -> None:
