@@ -35,6 +35,7 @@ from torch import nn
 from adagrpo.datamodules.errors import ConfigError
 from adagrpo.datamodules.sequence import PAD_ITEM, SeqRecDataModule, _left_pad
 from adagrpo.lightning_modules.base import CKPT_KEY, check_signature
+from adagrpo.lightning_modules.checkpoint_io import load_checkpoint
 from adagrpo.lightning_modules.decoding import DecodingConfig, DecodingEngine, candidate_logits, token_logprobs
 from adagrpo.lightning_modules.diagnostics import Diagnostics, compute_diagnostics, concordance, first_occurrence
 from adagrpo.lightning_modules.gating import PolicyDifficultyGate, RewardDiscriminabilityGate, combine_gates
@@ -53,7 +54,7 @@ METRICS = {"hr_{k}": "HR@{k}", "hr_{k}_seen_filtered": "HR@{k} seen-filtered", "
 
 def load_policy(checkpoint: str, dm: SeqRecDataModule) -> nn.Module:
     """The policy of an SFT or GRPO checkpoint, checked against the data's SIDs, in eval mode."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(checkpoint, what="policy checkpoint")
     info = ckpt.get(CKPT_KEY)
     sids = dm.sids
     check_signature(info, {"sid_fingerprint": sids.fingerprint(), "codebook_sizes": list(sids.codebook_sizes),

@@ -150,13 +150,13 @@ def test_prepare_beauty_default_config(data_root, beauty_dir, tmp_path, monkeypa
     assert len({r.split("\t")[2] for r in rows[1:]}) == 12101  # bijective after dedup
 
 
-def test_prepare_bad_data_path_exits_1_naming_the_file(tmp_path, monkeypatch, capsys):
+def test_prepare_bad_data_path_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     empty_root = tmp_path / "no_data_here"
     monkeypatch.setenv("ADAGRPO_DATA_ROOT", str(empty_root))
     code = run_main(["prepare", "--config", str(CONFIGS / "data" / "beauty.yaml")])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # the project's own errors end a command with exit code 2 and one message
     assert str(empty_root / "amazon_beauty_2014") in err
     assert "not found" in err
     assert not (tmp_path / "runs").exists()  # nothing written
