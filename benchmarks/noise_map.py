@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "noise-map"
 RESULTS = REPO / "benchmarks" / "results" / "noise_map"
 
-WORLD = {"sft_data": "configs/data/synthetic_biased.yaml", "rl_data": "configs/data/synthetic_biased_rl.yaml"}
+WORLD = {"sft_data": "configs/data/synthetic_biased.yaml", "rl_data": "configs/data/synthetic_biased_rl.yaml",
+         "reward_data": "configs/data/synthetic_biased_reward.yaml"}
 # Noise levels in reward (utility) units, fixed before any RL run from the calibration reports of the seed-0 SFT
 # policy (benchmarks/results/calibration/biased_uniform*.txt): "moderate" is where a uniformly noisy reward orders the
 # policy's beams about as well as the policy does (reward − policy concordance +0.041 at σ = 0.2, −0.050 at 0.4:
@@ -48,6 +49,7 @@ CELLS = {  # name -> (noise, where); the extra cells run in this order after the
     "tail-moderate": (MODERATE, "tail"),
     "uniform-moderate": (MODERATE, "uniform"),
     "tail-large": (LARGE, "tail"),
+    "trained": (None, "trained"),  # the reward model trained on the world's exposure logs (seed s), not an oracle
 }
 # The cells of the pre-registered pattern, with segment-moderate promoted and tail-moderate demoted from calibration
 # (before any RL result): tail noise barely reaches the policy's beams (reward concordance 0.931 vs 0.687 at σ = 0.3),
@@ -68,14 +70,18 @@ class Stage:
     kind: str  # sft | rl
     fit: list[str]
     test: list[str] = field(default_factory=list)
-    depends: str | None = None
+    depends: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps([self.fit, self.test]).encode()).hexdigest()[:16]
 
 
-def reward_spec(noise: float, where: str, seed: int) -> str:
+def reward_spec(noise: float | None, where: str, seed: int, runs: Path) -> str:
+    if where == "trained":
+        ckpt = runs / EXPERIMENT / f"reward-biased-s{seed}" / "best.ckpt"
+        return json.dumps({"class_path": "adagrpo.lightning_modules.TrainedReward",
+                           "init_args": {"checkpoint": str(ckpt)}})
     return json.dumps({"class_path": "adagrpo.lightning_modules.NoisyReward",
                        "init_args": {"noise": noise, "noise_on": where, "seed": seed}})
 
@@ -97,9 +103,10 @@ def plan(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: 
         base = ["--config", f"configs/experiments/{arm}.yaml", "--data", WORLD["rl_data"], *common, "--run_name", name,
                 "--seed_everything", str(s), "--data.init_args.seed", str(s),
                 "--model.init_args.init_from", str(runs / EXPERIMENT / f"sft-biased-s{s}" / "best.ckpt"),
-                "--model.init_args.reward", reward_spec(noise, where, s), *rl_eval]
+                "--model.init_args.reward", reward_spec(noise, where, s, runs), *rl_eval]
         fit = ["fit", *base, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
-        return Stage(name, "rl", fit, ["test", *base, "--checkpoint", "last"], depends=f"sft-biased-s{s}",
+        deps = [f"sft-biased-s{s}"] + ([f"reward-biased-s{s}"] if where == "trained" else [])
+        return Stage(name, "rl", fit, ["test", *base, "--checkpoint", "last"], depends=deps,
                      info={"seed": s, "cell": cell if arm != CONTROL else "-", "arm": arm, "noise": noise,
                            "where": where})
 
@@ -111,13 +118,22 @@ def plan(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: 
         for cell in main:
             for arm in ARMS:
                 stages.append(rl(s, cell, arm))
+    # The learned reward model's cell (its reward models first), then pure GRPO, then the other extra cells.
+    if "trained" in cells:
+        for s in seeds:
+            stages.append(Stage(f"reward-biased-s{s}", "reward", [
+                "fit", "--config", "configs/experiments/reward.yaml", "--data", WORLD["reward_data"], *common,
+                "--run_name", f"reward-biased-s{s}", "--seed_everything", str(s), "--data.init_args.seed", str(s),
+                "--trainer.max_epochs", "3"], info={"seed": s}))
+        for s in seeds:
+            stages.extend(rl(s, "trained", arm) for arm in ARMS)
     for s in seeds:
         for cell, arm in EXTRA:
             if cell in cells:
                 stages.append(rl(s, cell, arm))
     for s in seeds:
         for cell in cells:
-            if cell not in MAIN_CELLS:
+            if cell not in MAIN_CELLS and cell != "trained":
                 stages.extend(rl(s, cell, arm) for arm in ARMS)
     return stages
 
@@ -199,8 +215,8 @@ def worker(stages: list[Stage], index: int, runs: Path, snapshot: Path | None = 
             if _done(folder, stage):
                 pending.remove(stage)
                 continue
-            if stage.depends and not _done(runs / EXPERIMENT / stage.depends,
-                                           next(s for s in stages if s.name == stage.depends)):
+            by_name = {s.name: s for s in stages}
+            if any(not _done(runs / EXPERIMENT / d, by_name[d]) for d in stage.depends):
                 continue
             if not _claim(folder):
                 continue

@@ -19,7 +19,7 @@ def test_plan_varies_sft_and_reward_seeds_and_orders_main_cells_first(tmp_path):
     # every RL stage of seed s starts from seed s's SFT and draws reward noise with seed s
     for st in stages[2:]:
         s = st.info["seed"]
-        assert st.depends == f"sft-biased-s{s}"
+        assert st.depends[0] == f"sft-biased-s{s}"
         assert str(tmp_path / "noise-map" / f"sft-biased-s{s}" / "best.ckpt") in st.fit
         reward = json.loads(st.fit[st.fit.index("--model.init_args.reward") + 1])
         assert reward["init_args"]["seed"] == s
