@@ -185,12 +185,39 @@ def _run(cmd: list[str], env: dict, log: Path, cwd: Path) -> None:
         raise RuntimeError(f"exit {code}: adagrpo {' '.join(cmd[:6])} … (log {log})")
 
 
+HISTORY = ["gate/open_rate", "gate/oracle_rate", "gate/oracle_agreement", "diag/rm_concordance",
+           "diag/policy_concordance", "reward/repeat", "kl"]  # averaged over the training steps as "mean/<key>"
+
+
 def _metrics(tracking_uri: str, record_dir: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
     record = json.loads((record_dir / "latest.json").read_text())
-    run = MlflowClient(tracking_uri=tracking_uri).get_run(record["mlflow_run_id"])
-    return {k: v for k, v in run.data.metrics.items() if k in METRICS or k.startswith("test_last/")}
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(record["mlflow_run_id"])
+    out = {k: v for k, v in run.data.metrics.items() if k in METRICS or k.startswith("test_last/")}
+    for key in HISTORY:
+        values = [m.value for m in client.get_metric_history(run.info.run_id, key) if math.isfinite(m.value)]
+        if values:
+            out[f"mean/{key}"] = sum(values) / len(values)
+    return out
+
+
+def backfill(runs: Path) -> int:
+    """Recompute the metrics of finished stages from their worker's MLflow store (appends superseding lines)."""
+    n = 0
+    for record in load_results():
+        if record.get("worker") is None or "arm" not in record:
+            continue
+        db = runs / EXPERIMENT / f"mlflow_w{record['worker']}.db"
+        store = f"sqlite:///{db.resolve()}"
+        metrics = _metrics(store, runs / EXPERIMENT / record["stage"])
+        if metrics != record["metrics"]:
+            record["metrics"] = metrics
+            with (RESULTS / "results.jsonl").open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            n += 1
+    return n
 
 
 def worker(stages: list[Stage], index: int, runs: Path, snapshot: Path | None = None, max_failures: int = 3) -> None:
@@ -402,9 +429,32 @@ def report(metric: str, out: Path) -> str:
     return "\n".join(lines)
 
 
+SUMMARY = [("test_last/true/hr_10", "true HR@10"), ("test_last/filtered/true/hr_10", "filtered true HR@10"),
+           ("test_last/true/utility_10", "true utility@10"), ("test_last/hr_10", "HR@10 (logged)"),
+           ("test_last/filtered/hr_10", "filtered HR@10"), ("test_last/repeat_rate_10", "repeat rate"),
+           ("mean/gate/open_rate", "gate open (mean)"), ("mean/gate/oracle_rate", "oracle gate would open"),
+           ("mean/gate/oracle_agreement", "agrees with the oracle gate")]
+
+
+def summary_table(results: list[dict]) -> str:
+    """Seed means of every reported metric per (cell, arm), with the number of seeds (final checkpoints)."""
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        rows.setdefault((r["cell"], r["arm"]), []).append(r["metrics"])
+    order = {c: i for i, c in enumerate(["-", *CELLS])}
+    arms = {a: i for i, a in enumerate([CONTROL, *ARMS, "pure_grpo"])}
+    lines = ["| cell | arm | seeds | " + " | ".join(n for _, n in SUMMARY) + " |", "|---" * (len(SUMMARY) + 3) + "|"]
+    for cell, arm in sorted(rows, key=lambda k: (order.get(k[0], 99), arms.get(k[1], 99))):
+        ms = rows[(cell, arm)]
+        vals = [_mean(m.get(key) for m in ms) for key, _ in SUMMARY]
+        lines.append(f"| {cell} | {arm} | {len(ms)} | " + " | ".join("–" if not math.isfinite(v) else f"{v:.4f}"
+                                                                     for v in vals) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.noise_map", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["plan", "run", "report", "snapshot"])
+    parser.add_argument("action", choices=["plan", "run", "report", "snapshot", "backfill"])
     parser.add_argument("--snapshot", type=Path, default=None, help="run the stages with this frozen package")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
@@ -422,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.snapshot is None:
             raise SystemExit("--snapshot DIR is required")
         print(f"snapshot of {build_snapshot(args.snapshot)} in {args.snapshot}")
+        return 0
+    if args.action == "backfill":
+        print(f"{backfill(args.runs)} results updated")
         return 0
     if args.action == "plan":
         for st in stages:
@@ -441,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = RESULTS
     texts = [report(m, out) for m in (args.metric or ["test_last/true/hr_10", "test_last/filtered/true/hr_10"])]
+    results = [r for r in load_results() if r.get("arm")]
+    texts.append("seed means (final checkpoints):\n\n" + summary_table(results))
     print("\n\n".join(texts))
     return 0
 
