@@ -1,6 +1,6 @@
-"""Callbacks: run recording and per-step metric records. The gates (AdaGRPO's plugin point) live in
-:mod:`adagrpo.lightning_modules.gating` and are re-exported here, so ``adagrpo.callbacks.PolicyDifficultyGate``
-and ``from adagrpo.callbacks import Gate`` keep working."""
+"""Callbacks: run recording, per-step metric records and a validation after the last step. The gates
+(AdaGRPO's plugin point) live in :mod:`adagrpo.lightning_modules.gating` and are re-exported here, so
+``adagrpo.callbacks.PolicyDifficultyGate`` and ``from adagrpo.callbacks import Gate`` keep working."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import importlib
 _EXPORTS = {
     "RunRecorder": "adagrpo.callbacks.run_recorder",
     "StepMetricsRecorder": "adagrpo.callbacks.metrics_recorder",
+    "ValidateAtEnd": "adagrpo.callbacks.final_validation",
     "Gate": "adagrpo.lightning_modules.gating",
     "ThresholdGate": "adagrpo.lightning_modules.gating",
     "PolicyDifficultyGate": "adagrpo.lightning_modules.gating",

@@ -212,23 +212,23 @@ FP32_SDPA = "adagrpo_sdpa_fp32"
 
 def _sdpa_fp32(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: torch.Tensor | None, **kwargs):  # noqa: ANN003, ANN202
-    """transformers' SDPA attention, computed in float32 when autocast hands it reduced-precision CPU tensors.
+    """transformers' SDPA attention, computed in float32 under CPU autocast (or with reduced-precision inputs).
 
-    On the CPU the bfloat16 flash-attention backward is several times slower than the float32 one (measured:
-    ``benchmarks/sft_step.py``), while the projections around it gain most from bfloat16; so under CPU autocast
-    the attention itself runs in float32 and its output returns in the input's dtype. Elsewhere (float32
-    inputs, CUDA) it is exactly transformers' ``sdpa``."""
+    On the CPU the bfloat16 flash-attention backward is several times slower than the float32 one (measured
+    with ``benchmarks/sft_step.py``), while the projections around it gain most from bfloat16; so under CPU
+    autocast the attention itself runs in float32 and returns float32 (the output projection's autocast casts
+    it). Elsewhere (float32 without autocast, CUDA) it is exactly transformers' ``sdpa``."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    dtype = query.dtype
-    if query.device.type != "cpu" or dtype == torch.float32:
+    reduced = any(t.dtype != torch.float32 for t in (query, key, value))
+    if query.device.type != "cpu" or not (reduced or torch.is_autocast_enabled("cpu")):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    # Under autocast the rotary embedding has already promoted query and key to float32 while value is
+    # bfloat16, and autocast would run SDPA in bfloat16: everything goes to float32 with autocast off instead.
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
     with torch.autocast("cpu", enabled=False):
-        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
-                                              **kwargs)
-    return out.to(dtype), weights
+        return sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
 
 
 def _register_fp32_sdpa() -> None:

@@ -110,6 +110,28 @@ def test_float32_attention_switches_only_inside_and_only_sdpa_models():
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_attention_runs_in_float32_under_cpu_autocast(monkeypatch):
+    from adagrpo.datamodules.semantic_ids import SidVocab
+
+    model, _ = LlamaPolicy(**TINY).build(SidVocab([8, 8, 8]))
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    ids = torch.randint(3, 27, (2, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids)
+        assert seen and all(autocast for *_, autocast in seen)  # plain sdpa: autocast runs it in bfloat16
+        seen.clear()
+        with float32_attention(model):
+            model(input_ids=ids)
+    assert seen and all(dt == (torch.float32,) * 3 + (False,) for dt in seen)
+
+
 def test_train_dtype_is_checked():
     from adagrpo.errors import ConfigError
 
