@@ -157,14 +157,28 @@ class RunRecorder(Callback):
         if trainer.is_global_zero:
             record = self._record_path(trainer)
             record.parent.mkdir(parents=True, exist_ok=True)
-            # Stable copies next to the record, so later stages can name runs/<experiment>/best.ckpt.
+            # Stable names next to the record, so later stages can name runs/<experiment>/best.ckpt: hard links to
+            # Lightning's files (no second copy on disk; a completed fit's checkpoint folder, named by its MLflow run,
+            # is never written again), or copies where the filesystem cannot link.
             for key in ("best", "last"):
                 if info[key]:
                     dest = record.parent / f"{key}.ckpt"
                     tmp = dest.with_suffix(".ckpt.tmp")
-                    shutil.copy2(info[key], tmp)
+                    tmp.unlink(missing_ok=True)
+                    link_or_copy(info[key], tmp)
                     os.replace(tmp, dest)
                     info[f"{key}_copy"] = str(dest.resolve())
             atomic_write_text(record, json.dumps(info, indent=2))
             (record.parent / RUNNING).unlink(missing_ok=True)  # completed: nothing to resume
             shutil.rmtree(record.parent / RESUME_CKPT.parent, ignore_errors=True)
+
+
+def link_or_copy(src: str | os.PathLike, dest: str | os.PathLike) -> str:
+    """Hard-link ``src`` at ``dest`` (a new name for the same file, no extra disk), or copy it when the filesystem
+    cannot (another device, links unsupported). Returns ``"link"`` or ``"copy"``."""
+    try:
+        os.link(src, dest)
+        return "link"
+    except OSError:
+        shutil.copy2(src, dest)
+        return "copy"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import lightning as L
 import torch
@@ -46,3 +47,16 @@ def test_last_is_final_state_when_best_is_earlier(tmp_path):
     assert best["global_step"] == 2  # the metric peaked at the first validation
     assert last["global_step"] == 6 == record["global_step"]
     assert not torch.equal(best["state_dict"]["layer.weight"], last["state_dict"]["layer.weight"])
+
+
+def test_record_names_are_hard_links_not_copies(tmp_path):
+    from adagrpo.callbacks.run_recorder import link_or_copy
+
+    src = tmp_path / "lightning" / "best-step=10.ckpt"
+    src.parent.mkdir()
+    src.write_bytes(b"weights")
+    dest = tmp_path / "best.ckpt"
+    assert link_or_copy(src, dest) == "link"
+    assert dest.read_bytes() == b"weights" and os.path.samefile(src, dest)
+    src.unlink()  # Lightning deleting its older best keeps the recorded one
+    assert dest.read_bytes() == b"weights"
