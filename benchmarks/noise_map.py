@@ -426,6 +426,16 @@ def report(metric: str, out: Path) -> str:
             bf = row.get("best_fixed")
             lines.append(f"| {cell} | {arm}{' (best fixed)' if arm == bf else ''} | {len(row['values'])} | "
                          f"{row['mean']:.4f} | {fmt(row.get('vs_control'))} | {fmt(row.get('vs_best_fixed'))} |")
+    lines += ["", "verdict per cell (a method wins a cell when its 95 % intervals against the control AND against the "
+              "cell's best fixed mixture both lie above 0; the oracle gate is the ceiling):"]
+    for cell in cells:
+        winners = [arm for arm in ("adagrpo", "adagrpo_relative")
+                   if all(math.isfinite(table.get((cell, arm), {}).get(k, (math.nan,) * 3)[1])
+                          and table[(cell, arm)][k][1] > 0 for k in ("vs_control", "vs_best_fixed"))]
+        oracle = table.get((cell, "adagrpo_oracle"), {}).get("vs_control")
+        ceiling = f"oracle gate − control {fmt(oracle)}" if oracle else "oracle gate: not run"
+        seeds = len(table.get((cell, "adagrpo"), {}).get("values", {}))
+        lines.append(f"- {cell} ({seeds} seeds): {', '.join(winners) if winners else 'no method wins'}; {ceiling}")
     return "\n".join(lines)
 
 
