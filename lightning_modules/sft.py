@@ -74,9 +74,10 @@ class SFTModule(PolicyModule):
     Args:
         train_dtype: ``float32``, or ``bfloat16`` to run the decoder's training forward and backward under
             autocast (its matmuls in bfloat16; master weights, optimizer state, attention, the output layer and
-            the loss stay float32; evaluation is float32). bfloat16 pays on CPUs with native bfloat16 matmuls
+            the loss stay float32 — except under FSDP2 sharding, where the whole forward runs under autocast;
+            evaluation is float32). bfloat16 pays on CPUs with native bfloat16 matmuls
             (AVX512-BF16 / AMX) and on GPUs; the loss and gradients then differ from float32 by bfloat16
-            rounding (relative gradient error about 5e-3 on the shipped policies). The trainer's ``precision``
+            rounding (relative gradient error about 5e-3 on policy_mini). The trainer's ``precision``
             is independent of it (``configs/trainer/gpu.yaml``'s ``bf16-mixed`` autocasts every stage).
         **kwargs: :class:`PolicyModule`'s arguments (policy, optimizer, scheduler, beam width, metrics, filters).
     """
