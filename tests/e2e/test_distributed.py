@@ -66,9 +66,10 @@ STRATEGY = {
               "--trainer.accelerator", "cpu"],
 }
 # SFT: tiny policy, no warm-up schedule (the shipped 50-step warm-up would make 5 steps' updates tiny), 5 steps
-# in one epoch, then validation (val/hr_10 for the checkpoint) and the best/last checkpoints.
+# in one epoch, then validation (val/hr_10 for the checkpoint) and the best/last checkpoints. float32 training
+# (the shipped bfloat16 rounds each rank's gradients before they are averaged: differences far above TOL).
 SFT_ARGS = ["--model.init_args.policy", str(CONFIGS / "model" / "policy_tiny.yaml"),
-            "--model.init_args.scheduler", "null", *ORDERED, *EVAL,
+            "--model.init_args.scheduler", "null", "--model.init_args.train_dtype", "float32", *ORDERED, *EVAL,
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", *QUIET]
 SFT_STEPS = 5
 RL_STEPS = 4
