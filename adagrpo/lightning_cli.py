@@ -181,7 +181,8 @@ class AdaGRPOCLI(LightningCLI):
             i += 1
         unknown = flags - {"comments", "skip_null", "skip_default"}
         if unknown:
-            raise SystemExit(f"adagrpo: --print_config accepts comments, skip_null, skip_default; got {sorted(unknown)}")
+            raise SystemExit("adagrpo: --print_config accepts comments, skip_null, skip_default; "
+                             f"got {sorted(unknown)}")
         self.config = parser.parse_args(rest)
         subcommand = self.config["subcommand"]
         sub_parser = self._subcommand_parsers[subcommand]

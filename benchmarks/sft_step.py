@@ -21,7 +21,7 @@ project, project fp32 on batch i; the order rotates with i) so other jobs on a s
 two warm-up steps each are not timed. On the CPU both wall-clock and process CPU time are reported (on a
 loaded machine CPU time is the steadier measure); on CUDA also the model FLOP utilisation.
 
-    python -m benchmarks.sft_step                      # synthetic world, policy_mini; writes benchmarks/results/sft_step_cpu.txt
+    python -m benchmarks.sft_step       # synthetic world, policy_mini; writes benchmarks/results/sft_step_cpu.txt
     python -m benchmarks.sft_step --data beauty        # Amazon Beauty from $ADAGRPO_DATA_ROOT (default ../shared/data)
     python -m benchmarks.sft_step --quick --out -      # tiny smoke run (tests), printed only
 """
@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> str:
         f"{args.steps} timed steps per engine after 2 warm-up, interleaved (order rotating)",
         f"loader: {load_s * 1e3:.1f} ms per batch (in-process, outside the timed step, the same for every engine)",
         "",
-        f"{'engine':14s} {'tokens/s (wall)':>16s} {'tokens/CPU-s':>13s} {'median s/step':>14s} {'vs plain (wall)':>16s} "
+        f"{'engine':14s} {'tokens/s (wall)':>16s} {'tokens/CPU-s':>13s} {'median s/step':>14s} "
+        f"{'vs plain (wall)':>16s} "
         f"{'vs plain (CPU)':>15s}" + ("  MFU" if device.type == "cuda" else ""),
     ]
 
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> str:
                      f"over a bf16 dense peak of {peak} TFLOP/s" if peak else "MFU: unknown GPU peak (--peak-tflops)")
     else:
         lines.append(f"1-min load average: {load_start:.2f} at start, {load_end:.2f} at end on {os.cpu_count()} "
-                     f"CPUs. The machine is shared with other jobs: a load above this run's {torch.get_num_threads()} thread(s) "
+                     "CPUs. The machine is shared with other jobs: a load above this run's "
+                     f"{torch.get_num_threads()} thread(s) "
                      f"means other processes competed for the cores, so wall-clock rates are deflated and noisy "
                      f"(interleaving shares that between engines; CPU time is the steadier measure)")
     text = "\n".join(lines) + "\n"

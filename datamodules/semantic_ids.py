@@ -379,7 +379,8 @@ class IndexFileSids(SidBuilder):
             sequences use ASINs).
     """
 
-    def __init__(self, path: str, key_field: str | None = None, dedup: Literal["auto", "always", "off"] | bool = "auto"):
+    def __init__(self, path: str, key_field: str | None = None,
+                 dedup: Literal["auto", "always", "off"] | bool = "auto"):
         super().__init__(dedup)
         self.path = str(path)
         self.key_field = key_field

@@ -95,7 +95,8 @@ def load_module_file(path: str | Path, trust_pickle: bool = False, key: str = "r
     except Exception as err:  # noqa: BLE001 — not TorchScript
         if not trust_pickle:
             raise IncompatibleCheckpoint(
-                f"reward module file {p} ({key}) is not a TorchScript file ({_short(str(err).splitlines()[0] if str(err) else type(err).__name__, 120)}). "
+                f"reward module file {p} ({key}) is not a TorchScript file "
+                f"({_short(str(err).splitlines()[0] if str(err) else type(err).__name__, 120)}). "
                 "A pickled module (torch.save(module)) runs code when loaded, so it is refused unless you trust the "
                 "file and set trust_pickle: true; or save it with torch.jit.script(module).save(path)") from None
     return load_trusted_pickle(p)

@@ -338,7 +338,7 @@ def test_unconstrained_decoding_marks_invalid_sids(world, mode):
             assert len({tuple(t) for t in out.tokens[r].tolist()}) == 10  # distinct beams
 
 
-# ------------------------------------------------------------------------------------------------ (e) seen-item exclusion
+# ---------------------------------------------------------------------------------------- (e) seen-item exclusion
 
 
 def seen_sets(w: World, ids, mask, pos, h: int = 16, seed: int = 3) -> torch.Tensor:

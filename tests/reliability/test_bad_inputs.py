@@ -78,7 +78,8 @@ CASES = {  # name → (argv, substrings the message must contain)
     # ------------------------------------------------------------------ data
     "data root without the dataset": (["prepare", "--config", str(CONFIGS / "data" / "beauty.yaml")],
                                       ["empty_data", "file not found"]),
-    "unknown train_mode for SFT": (["fit", *SFT, "--run_name", "t", "--data", str(CONFIGS / "data" / "synthetic_rl.yaml"),
+    "unknown train_mode for SFT": (["fit", *SFT, "--run_name", "t",
+                                    "--data", str(CONFIGS / "data" / "synthetic_rl.yaml"),
                                     *TINY_SOURCE], ["train_mode"]),
     # ------------------------------------------------------------------ checkpoints
     "ckpt_path crafted pickle": (["fit", *SFT, "--run_name", "c1", "--ckpt_path", F + "crafted.ckpt"],
@@ -101,7 +102,8 @@ CASES = {  # name → (argv, substrings the message must contain)
     "reward is an SFT checkpoint": (rl(), ["best.ckpt", "not a reward-model checkpoint"]),
     "reward truncated": (rl("--model.init_args.reward.init_args.checkpoint", F + "truncated.ckpt"),
                          ["truncated.ckpt", "reward"]),
-    "export crafted": (["export", "--checkpoint", F + "crafted.ckpt", "--out", "exported"], ["crafted.ckpt", "refused"]),
+    "export crafted": (["export", "--checkpoint", F + "crafted.ckpt", "--out", "exported"],
+                       ["crafted.ckpt", "refused"]),
     "export truncated": (["export", "--checkpoint", F + "truncated.ckpt", "--out", "exported"], ["truncated.ckpt"]),
     "export missing": (["export", "--checkpoint", F + "none.ckpt", "--out", "exported"], ["none.ckpt", "not found"]),
     # ------------------------------------------------------------------ plugins
