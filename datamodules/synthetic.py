@@ -350,12 +350,13 @@ class SyntheticWorld:
 def _fixed_normal(users: torch.Tensor, num_items: int, seed: int) -> torch.Tensor:
     """A fixed N(0, 1) per (user, item), ``[B, N]``: the same numbers whenever a user is asked about."""
     key = (users[:, None].long() * 1_000_003 + torch.arange(num_items)[None, :]) * 2 + seed
-    u1, u2 = _hash_uniform(key), _hash_uniform(key + 1)
+    u1, u2 = hash_uniform(key), hash_uniform(key + 1)
     return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).float()
 
 
-def _hash_uniform(key: torch.Tensor) -> torch.Tensor:
-    """A uniform in (0, 1) from an integer key (splitmix-style mixing), elementwise."""
+def hash_uniform(key: torch.Tensor) -> torch.Tensor:
+    """A uniform in (0, 1) from an integer key (splitmix-style mixing), elementwise: fixed pseudo-random numbers
+    without a generator's state (the world's fixed per-(user, item) noise, ``NoisyReward``'s)."""
     x = key.long() & 0xFFFFFFFF
     x = ((x >> 16) ^ x) * 0x45D9F3B & 0xFFFFFFFF
     x = ((x >> 16) ^ x) * 0x45D9F3B & 0xFFFFFFFF

@@ -26,6 +26,7 @@ from torch import nn
 
 from adagrpo.datamodules.reward_data import ExposureBatch, RewardDataModule
 from adagrpo.datamodules.sequence import SeqRecDataModule
+from adagrpo.datamodules.synthetic import hash_uniform as _hash_uniform
 from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.base import CKPT_KEY, IncompatibleCheckpoint, check_signature
 from adagrpo.lightning_modules.checkpoint_io import load_checkpoint, load_module_file
@@ -497,12 +498,3 @@ class NoisyReward(OracleReward):
         z = self._standard_normal(us, it.clamp_min(0))
         noisy = base + self.scale * self.noise_std(us, it) * z
         return noisy.masked_fill(it < 0, 0.0).to(items.device)
-
-
-def _hash_uniform(key: torch.Tensor) -> torch.Tensor:
-    """A uniform in (0, 1) from an integer key (splitmix64-style mixing), elementwise."""
-    x = key.long() & 0xFFFFFFFF
-    x = ((x >> 16) ^ x) * 0x45D9F3B & 0xFFFFFFFF
-    x = ((x >> 16) ^ x) * 0x45D9F3B & 0xFFFFFFFF
-    x = (x >> 16) ^ x
-    return (x.double() + 0.5) / 2**32
