@@ -426,12 +426,14 @@ def report(metric: str, out: Path) -> str:
             bf = row.get("best_fixed")
             lines.append(f"| {cell} | {arm}{' (best fixed)' if arm == bf else ''} | {len(row['values'])} | "
                          f"{row['mean']:.4f} | {fmt(row.get('vs_control'))} | {fmt(row.get('vs_best_fixed'))} |")
-    lines += ["", "verdict per cell (a method wins a cell when its 95 % intervals against the control AND against the "
-              "cell's best fixed mixture both lie above 0; the oracle gate is the ceiling):"]
+    lines += ["", "verdict per cell (a method wins a cell when, over at least 3 seeds, its 95 % intervals against the "
+              "control AND against the cell's best fixed mixture both lie above 0; the oracle gate is the ceiling):"]
     for cell in cells:
+        # At least 3 seeds: with 2, two equal differences (metrics move in steps of 1/users) give a zero-width interval.
         winners = [arm for arm in ("adagrpo", "adagrpo_relative")
-                   if all(math.isfinite(table.get((cell, arm), {}).get(k, (math.nan,) * 3)[1])
-                          and table[(cell, arm)][k][1] > 0 for k in ("vs_control", "vs_best_fixed"))]
+                   if len(table.get((cell, arm), {}).get("values", {})) >= 3
+                   and all(math.isfinite(table[(cell, arm)].get(k, (math.nan,) * 3)[1])
+                           and table[(cell, arm)][k][1] > 0 for k in ("vs_control", "vs_best_fixed"))]
         oracle = table.get((cell, "adagrpo_oracle"), {}).get("vs_control")
         ceiling = f"oracle gate − control {fmt(oracle)}" if oracle else "oracle gate: not run"
         seeds = len(table.get((cell, "adagrpo"), {}).get("values", {}))
@@ -442,6 +444,7 @@ def report(metric: str, out: Path) -> str:
 SUMMARY = [("test_last/true/hr_10", "true HR@10"), ("test_last/filtered/true/hr_10", "filtered true HR@10"),
            ("test_last/true/utility_10", "true utility@10"), ("test_last/hr_10", "HR@10 (logged)"),
            ("test_last/filtered/hr_10", "filtered HR@10"), ("test_last/repeat_rate_10", "repeat rate"),
+           ("mean/kl", "KL to SFT (mean)"),
            ("mean/gate/open_rate", "gate open (mean)"), ("mean/gate/oracle_rate", "oracle gate would open"),
            ("mean/gate/oracle_agreement", "agrees with the oracle gate")]
 
