@@ -167,12 +167,21 @@ def _claim(folder: Path) -> bool:
     return True
 
 
-def _done(folder: Path, stage: Stage) -> dict | None:
+def _done(folder: Path, stage: Stage, committed: Path | None = None) -> dict | None:
+    """The stage's finished record, or None. Besides ``done.json`` in the (uncommitted) runs folder, an RL stage counts
+    as done when the committed results file holds its key, so a new checkout resumes the study; an SFT or reward stage
+    only while its checkpoint exists (later stages start from it)."""
     path = folder / "done.json"
-    if not path.exists():
-        return None
-    record = json.loads(path.read_text())
-    return record if record.get("key") == stage.key() else None
+    if path.exists():
+        record = json.loads(path.read_text())
+        if record.get("key") == stage.key():
+            return record
+    committed = RESULTS / "results.jsonl" if committed is None else committed
+    for record in load_results(committed):
+        if record.get("stage") == stage.name and record.get("key") == stage.key():
+            if stage.kind == "rl" or (folder / "best.ckpt").is_file():
+                return record
+    return None
 
 
 def _run(cmd: list[str], env: dict, log: Path, cwd: Path) -> None:
@@ -469,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.noise_map", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["plan", "run", "report", "snapshot", "backfill"])
     parser.add_argument("--snapshot", type=Path, default=None, help="run the stages with this frozen package")
+    parser.add_argument("--ref", default="HEAD", help="snapshot: the commit to build (the map so far: 911d19e)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per RL run (B = 32 prompts × G = 16)")
@@ -484,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "snapshot":
         if args.snapshot is None:
             raise SystemExit("--snapshot DIR is required")
-        print(f"snapshot of {build_snapshot(args.snapshot)} in {args.snapshot}")
+        print(f"snapshot of {build_snapshot(args.snapshot, args.ref)} in {args.snapshot}")
         return 0
     if args.action == "backfill":
         print(f"{backfill(args.runs)} results updated")

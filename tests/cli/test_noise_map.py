@@ -56,3 +56,19 @@ def test_results_file_latest_line_of_a_stage_wins(tmp_path):
     path = Path(tmp_path) / "results.jsonl"
     path.write_text(json.dumps({"stage": "a", "v": 1}) + "\n" + json.dumps({"stage": "a", "v": 2}) + "\n")
     assert nm.load_results(path) == [{"stage": "a", "v": 2}]
+
+
+def test_a_new_checkout_resumes_from_the_committed_results(tmp_path):
+    runs = tmp_path / "runs"
+    stages = nm.plan([0], steps=10, test_users=50, cells=["clean"], runs=runs)
+    sft, rl = stages[0], stages[1]
+    committed = tmp_path / "results.jsonl"
+    committed.write_text("\n".join(json.dumps({"stage": st.name, "key": st.key(), "arm": "x"}) for st in (sft, rl)))
+    folder = lambda st: runs / "noise-map" / st.name  # noqa: E731
+    assert nm._done(folder(rl), rl, committed) is not None  # an RL result needs nothing on disk
+    assert nm._done(folder(sft), sft, committed) is None  # an SFT stage needs its checkpoint for what follows
+    folder(sft).mkdir(parents=True)
+    (folder(sft) / "best.ckpt").write_bytes(b"x")
+    assert nm._done(folder(sft), sft, committed) is not None
+    other = nm.plan([0], steps=11, test_users=50, cells=["clean"], runs=runs)[1]  # other arguments, other key
+    assert nm._done(folder(other), other, committed) is None
