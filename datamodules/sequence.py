@@ -52,7 +52,9 @@ class PromptBatch:
     ``prompt_ids``/``prompt_mask``/``position_ids``: ``[B, P]`` left-padded prompt tokens;
     ``history``: ``[B, H]`` item indices, left-padded with -1; ``target``: ``[B]`` item index;
     ``target_tokens``: ``[B, L]``; ``user``: ``[B]`` user index; ``position``: ``[B]`` the target's
-    position in the user's sequence.
+    position in the user's sequence; ``seen``: ``[B, S]`` every item the user had before that position (the whole
+    prefix, not only the last ``max_history`` the prompt shows), left-padded with -1 — what the seen-item filter,
+    the repeat rate and the repeat penalty read (``None``: the ``history`` is the whole prefix).
     """
 
     prompt_ids: torch.Tensor
@@ -63,9 +65,15 @@ class PromptBatch:
     target_tokens: torch.Tensor
     user: torch.Tensor
     position: torch.Tensor
+    seen: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
+
+    @property
+    def seen_items(self) -> torch.Tensor:
+        """Every item the user had before the target ``[B, S]`` (-1 padded): ``seen``, else ``history``."""
+        return self.history if self.seen is None else self.seen
 
 
 class SlotTokenizer:
@@ -335,8 +343,12 @@ class SeqRecDataModule(L.LightningDataModule):
     def prompt_batch(self, targets: np.ndarray) -> PromptBatch:
         """Batch for ``(user, position)`` pairs ``[B, 2]``."""
         h = self.max_history
-        histories = [self.data.sequence(int(u))[max(0, int(p) - h): int(p)] for u, p in targets]
+        prefixes = [self.data.sequence(int(u))[: int(p)] for u, p in targets]
+        histories = [prefix[-h:] if h else prefix[:0] for prefix in prefixes]
         history = torch.from_numpy(_left_pad(histories, h))  # [B, h]
+        longest = max((len(prefix) for prefix in prefixes), default=0)
+        # The whole prefix only when some row's is longer than the prompt's window (else the history is all of it).
+        seen = torch.from_numpy(_left_pad(prefixes, longest)) if longest > h else None  # [B, S]
         target = torch.tensor([int(self.data.sequence(int(u))[int(p)]) for u, p in targets], dtype=torch.long)
         tokens, mask, positions = self.tokenizer(_with_bos(history))  # [B, P]
         return PromptBatch(
@@ -348,6 +360,7 @@ class SeqRecDataModule(L.LightningDataModule):
             target_tokens=self.item_tokens[target],
             user=torch.from_numpy(np.ascontiguousarray(targets[:, 0])),
             position=torch.from_numpy(np.ascontiguousarray(targets[:, 1])),
+            seen=seen,
         )
 
     def _resumable(self) -> bool:

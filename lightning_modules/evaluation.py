@@ -22,8 +22,9 @@ class Evaluator(nn.Module):
         unconstrained: also decode without the trie (hallucination rate, unconstrained HR/NDCG).
         mostpop: score the most-popular baseline on the same users.
         k: cut-off for coverage, mean popularity, the repeat rate and true utility.
-        filter_seen: also rank with the user's history excluded from decoding (``<stage>/filtered/…``):
-            the unfiltered and the filtered beams come from one prefill of the prompt.
+        filter_seen: also rank with every item the user had before the target excluded from decoding
+            (``<stage>/filtered/…``; the whole prefix, also beyond the prompt's ``max_history``): the unfiltered
+            and the filtered beams come from one prefill of the prompt.
     """
 
     def __init__(
@@ -76,9 +77,9 @@ class Evaluator(nn.Module):
         """
         args = (model, batch.prompt_ids, batch.prompt_mask, batch.position_ids)
         config = DecodingConfig("beam", self.beam_width, constrained=True)
-        if self.filter_seen:  # [B, 2, W]: unfiltered, then without the history, from one prefill
-            both = engine.generate(*args, config, exclude=torch.stack([torch.full_like(batch.history, -1),
-                                                                        batch.history], 1))
+        seen = batch.seen_items  # [B, S] the whole prefix before the target
+        if self.filter_seen:  # [B, 2, W]: unfiltered, then without the seen items, from one prefill
+            both = engine.generate(*args, config, exclude=torch.stack([torch.full_like(seen, -1), seen], 1))
             ranked, valid, filtered = both.items[:, 0], both.valid[:, 0], both.items[:, 1]
         else:
             cands = engine.generate(*args, config)
@@ -95,14 +96,14 @@ class Evaluator(nn.Module):
             top = torch.topk(popularity.float(), self.beam_width).indices  # [W]
             self.p_rank.update(top.expand(len(batch), -1), batch.target)
         top = ranked[:, : self.k]
-        self.repeats.update(seen_share(top, batch.history))
+        self.repeats.update(seen_share(top, seen))
         if oracle is not None:
             utility, hit = true_value(top, oracle)
             self.true_utility.update(utility)
             self.true_hit.update(hit)
         if self.filter_seen:
             self.f_rank.update(filtered, batch.target)
-            self.target_seen.update((batch.target[:, None] == batch.history).any(1).float())
+            self.target_seen.update((batch.target[:, None] == seen).any(1).float())
             if oracle is not None:
                 utility, hit = true_value(filtered[:, : self.k], oracle)
                 self.f_true_utility.update(utility)
@@ -114,7 +115,7 @@ class Evaluator(nn.Module):
         out[f"{stage}/invalid_rate"] = self.invalid.compute()
         out[f"{stage}/coverage_{self.k}"] = self.coverage.compute()
         out[f"{stage}/mean_pop_{self.k}"] = self.popularity.compute()
-        out[f"{stage}/repeat_rate_{self.k}"] = self.repeats.compute()  # top-k items already in the (visible) history
+        out[f"{stage}/repeat_rate_{self.k}"] = self.repeats.compute()  # top-k items the user already had
         if self.unconstrained:
             out.update({f"{stage}/unconstrained/{n}": v for n, v in self.u_rank.compute().items()})
             out[f"{stage}/hallucination"] = self.u_invalid.compute()
@@ -123,7 +124,7 @@ class Evaluator(nn.Module):
         if self.true_utility.count > 0:
             out[f"{stage}/true/utility_{self.k}"] = self.true_utility.compute()
             out[f"{stage}/true/hr_{self.k}"] = self.true_hit.compute()
-        if self.filter_seen:  # the same lists with the (visible) history excluded from decoding
+        if self.filter_seen:  # the same lists with the seen items excluded from decoding
             out.update({f"{stage}/filtered/{n}": v for n, v in self.f_rank.compute().items()})
             out[f"{stage}/target_seen_rate"] = self.target_seen.compute()  # targets a filtered list cannot hit
             if self.f_true_utility.count > 0:

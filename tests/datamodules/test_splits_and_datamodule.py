@@ -199,3 +199,19 @@ def test_bucket_batches_cover_every_row_once(n, batch_size, chunk):
     # Deterministic by seed.
     again = bucket_batches(lengths, batch_size, seed=1, chunk=chunk)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+
+
+def test_prompt_batch_seen_is_the_whole_prefix(tiny_world_dm):
+    """``seen`` holds every item before the target's position, also those older than the prompt's ``max_history``
+    window (brute force from the raw sequences); the history is its last ``max_history`` items."""
+    dm = tiny_world_dm
+    targets = dm.test_targets[:32]
+    batch = dm.prompt_batch(targets)
+    h = dm.max_history
+    prefixes = [dm.data.sequence(int(u))[: int(p)].tolist() for u, p in targets]
+    assert max(len(x) for x in prefixes) > h  # the case this test is about
+    assert batch.seen is not None
+    for r, prefix in enumerate(prefixes):
+        row = [i for i in batch.seen[r].tolist() if i >= 0]
+        assert row == prefix
+        assert [i for i in batch.history[r].tolist() if i >= 0] == prefix[-h:]

@@ -103,3 +103,32 @@ def test_helpers_by_hand():
     utility, hit = true_value(top, oracle)
     torch.testing.assert_close(utility, torch.tensor([(1.0 + 0.0) / 2, 1.0]))  # -1 skipped; seen → the row's minimum
     torch.testing.assert_close(hit, torch.tensor([0.0, 0.0]))
+
+
+def test_seen_items_beyond_the_prompt_window_count_as_seen():
+    """The repeat rate, the target-seen rate and the filtered pass read the whole prefix (``seen``), not only the
+    last ``max_history`` items the prompt shows."""
+    from adagrpo.datamodules.sequence import PromptBatch
+
+    history = torch.tensor([[3, 4], [1, 2]])  # [B, H] the prompt's window
+    seen = torch.tensor([[-1, 9, 3, 4], [0, 7, 1, 2]])  # [B, S] the whole prefix: 9 and 0, 7 are outside the window
+    plain = torch.tensor([[9, 5], [7, 8]])  # both rows' first slot is an item seen before the window
+    filtered = torch.tensor([[5, 6], [8, 5]])
+    z = torch.zeros(2, 1, dtype=torch.long)
+    batch = PromptBatch(prompt_ids=z, prompt_mask=z + 1, position_ids=z, history=history,
+                        target=torch.tensor([9, 5]), target_tokens=z, user=z[:, 0], position=z[:, 0], seen=seen)
+
+    class Engine(FixedEngine):
+        def generate(self, model, prompt_ids, prompt_mask, position_ids, config, generator=None, exclude=None):
+            assert torch.equal(exclude[:, 1], seen)  # the filtered variant excludes the whole prefix
+            return super().generate(model, prompt_ids, prompt_mask, position_ids, config, generator, exclude)
+
+    ev = Evaluator(num_items=10, ks=(1, 2), beam_width=2, unconstrained=False, mostpop=False, k=2)
+    ev.update(None, Engine(plain, filtered), batch, torch.ones(10))
+    out = {k: float(v) for k, v in ev.compute("test").items()}
+    assert out["test/repeat_rate_2"] == pytest.approx(0.5)  # one of two slots per row; 0 if only history counted
+    assert out["test/target_seen_rate"] == pytest.approx(0.5)  # row 0's target 9 was seen before the window
+    assert batch.seen_items is seen
+    no_seen = PromptBatch(prompt_ids=z, prompt_mask=z + 1, position_ids=z, history=history, target=z[:, 0],
+                          target_tokens=z, user=z[:, 0], position=z[:, 0])
+    assert no_seen.seen_items is history
