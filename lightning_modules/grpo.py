@@ -251,6 +251,11 @@ class GRPOModule(PolicyModule):
         self.automatic_optimization = False
         self.reference: nn.Module | None = None
         self._logged_kl0 = False
+        # Sampled rollouts draw from their own generator (seeded from torch.initial_seed(), i.e. the run's seed),
+        # saved in every checkpoint: a resumed fit samples what the uninterrupted one would have, whatever else
+        # (DataLoader iterators, validation) drew from the global RNG in between.
+        self._rollout_generator: torch.Generator | None = None
+        self._rollout_rng_state: torch.Tensor | None = None  # restored from a checkpoint, applied on first use
 
     # ------------------------------------------------------------------------------- model building
     def configure_model(self) -> None:
@@ -364,7 +369,8 @@ class GRPOModule(PolicyModule):
         self.policy.eval()
         with gathered(self.policy):  # under FSDP2: one all-gather for the whole rollout, not one per token
             cands = self.engine.generate(self.policy, batch.prompt_ids, batch.prompt_mask, batch.position_ids,
-                                         self.rollout_config, exclude=self.excluded(batch))
+                                         self.rollout_config, generator=self.rollout_generator(batch.prompt_ids.device),
+                                         exclude=self.excluded(batch))
         tokens, items, valid = cands.tokens, cands.items, cands.valid  # [B, G, L], [B, G], [B, G]
         if self.inject_gt:
             missing = ~(items == batch.target[:, None]).any(1)  # [B]
@@ -388,6 +394,24 @@ class GRPOModule(PolicyModule):
         truth = self.true_utility(batch, items)
         return Rollout(tokens, items, valid, repeat, rewards, hit, gt_reward, advantages, zero_std,
                        time.perf_counter() - start, raw, repeat_term, truth)
+
+    def rollout_generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator sampled rollouts draw from (None for beams), on ``device``; a checkpoint's state is
+        applied when it was saved on the same kind of device (else the generator is seeded afresh)."""
+        if self.rollout_config.mode != "sample":
+            return None
+        gen = self._rollout_generator
+        if gen is None or gen.device.type != torch.device(device).type:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(torch.initial_seed())
+            if self._rollout_rng_state is not None:
+                try:
+                    gen.set_state(self._rollout_rng_state)
+                except RuntimeError:  # saved on another kind of device: its state does not fit this generator
+                    pass
+                self._rollout_rng_state = None
+            self._rollout_generator = gen
+        return gen
 
     def advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Group advantages ``[B, G]`` and the zero-variance mask ``[B]`` under ``scale_rewards``."""
@@ -582,10 +606,15 @@ class GRPOModule(PolicyModule):
         checkpoint[CKPT_KEY]["balancer"] = self.balancer.describe()
         # Every gate's running state (those moved here from trainer.callbacks too): saved once, here.
         checkpoint[CKPT_KEY]["gates"] = {g.state_key: g.state_dict() for g in self.module_gates}
+        if self._rollout_generator is not None:
+            checkpoint[CKPT_KEY]["rollout_rng"] = self._rollout_generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         states = (checkpoint.get(CKPT_KEY) or {}).get("gates", {})
+        rng = (checkpoint.get(CKPT_KEY) or {}).get("rollout_rng")
+        if rng is not None:
+            self._rollout_generator, self._rollout_rng_state = None, rng
         older = checkpoint.get("callbacks") or {}  # checkpoints from before: trainer-callback gates saved there
         for gate in self.module_gates:
             if gate.state_key in states:

@@ -72,10 +72,13 @@ def test_sft_resumed_mid_epoch_equals_uninterrupted(tiny_world_dm, tmp_path, lim
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed parameters differ from the uninterrupted fit"
 
 
-def test_grpo_resumed_mid_epoch_equals_uninterrupted(rl_dm, sft_ckpt, tmp_path):
+@pytest.mark.parametrize("mode", ["beam", "sample"])
+def test_grpo_resumed_mid_epoch_equals_uninterrupted(rl_dm, sft_ckpt, tmp_path, mode):
+    # Sampled rollouts draw from the module's own generator, saved in the checkpoint: the resumed fit samples what
+    # the uninterrupted one did, though its DataLoader iterators drew from the global RNG at other moments.
     def fit(folder, crash=None, ckpt_path=None):
         L.seed_everything(0)
-        g = GRPOModule(init_from=sft_ckpt, reward=OracleReward(), num_generations=4,
+        g = GRPOModule(init_from=sft_ckpt, reward=OracleReward(), num_generations=4, rollout_mode=mode,
                        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
         callbacks = [RunRecorder(record_dir=str(folder), every_n_train_steps=3)]
         if crash is not None:
@@ -87,6 +90,8 @@ def test_grpo_resumed_mid_epoch_equals_uninterrupted(rl_dm, sft_ckpt, tmp_path):
     full = fit(tmp_path / "full")
     with pytest.raises(SystemExit):
         fit(tmp_path / "killed", crash=7)
+    saved = torch.load(tmp_path / "killed" / RESUME_CKPT, map_location="cpu", weights_only=True)
+    assert ("rollout_rng" in saved["adagrpo"]) == (mode == "sample")
     resumed = fit(tmp_path / "killed", ckpt_path=str(tmp_path / "killed" / RESUME_CKPT))
     a, b = _params(full), _params(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed GRPO policy differs from the uninterrupted fit"
