@@ -86,29 +86,43 @@ def reward_spec(noise: float | None, where: str, seed: int, runs: Path) -> str:
                        "init_args": {"noise": noise, "noise_on": where, "seed": seed}})
 
 
-def plan(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: Path) -> list[Stage]:
-    stages: list[Stage] = []
-    common = ["--experiment", EXPERIMENT]
-    for s in seeds:
-        seeded = ["--seed_everything", str(s), "--data.init_args.seed", str(s)]
-        stages.append(Stage(f"sft-biased-s{s}", "sft", [
-            "fit", "--config", "configs/experiments/sft.yaml", "--data", WORLD["sft_data"], *common,
-            "--run_name", f"sft-biased-s{s}", *seeded, "--trainer.max_epochs", "6"], info={"seed": s}))
+def sft_stage(s: int) -> Stage:
+    return Stage(f"sft-biased-s{s}", "sft", [
+        "fit", "--config", "configs/experiments/sft.yaml", "--data", WORLD["sft_data"], "--experiment", EXPERIMENT,
+        "--run_name", f"sft-biased-s{s}", "--seed_everything", str(s), "--data.init_args.seed", str(s),
+        "--trainer.max_epochs", "6"], info={"seed": s})
+
+
+def reward_stage(s: int) -> Stage:
+    return Stage(f"reward-biased-s{s}", "reward", [
+        "fit", "--config", "configs/experiments/reward.yaml", "--data", WORLD["reward_data"],
+        "--experiment", EXPERIMENT, "--run_name", f"reward-biased-s{s}", "--seed_everything", str(s),
+        "--data.init_args.seed", str(s), "--trainer.max_epochs", "3"], info={"seed": s})
+
+
+def rl_stage(s: int, cell: str, arm: str, steps: int, test_users: int, runs: Path, name: str | None = None) -> Stage:
+    """One RL run of seed s: ``arm`` is a shipped config (``configs/experiments/<arm>.yaml``) or a key of ``VARIANTS``
+    (a config plus overrides); ``name`` (default ``<cell>-<arm>-s<s>``) also names the run."""
+    noise, where = CELLS[cell]
+    config, overrides = VARIANTS.get(arm, (arm, []))
+    name = name or (f"{cell}-{arm}-s{s}" if arm != CONTROL else f"{CONTROL}-s{s}")
     rl_eval = ["--data.init_args.max_eval_samples", "200", "--data.init_args.max_test_samples", str(test_users),
                "--model.init_args.test_unconstrained", "false", "--model.init_args.val_unconstrained", "false"]
+    base = ["--config", f"configs/experiments/{config}.yaml", "--data", WORLD["rl_data"], "--experiment", EXPERIMENT,
+            "--run_name", name, "--seed_everything", str(s), "--data.init_args.seed", str(s),
+            "--model.init_args.init_from", str(runs / EXPERIMENT / f"sft-biased-s{s}" / "best.ckpt"),
+            "--model.init_args.reward", reward_spec(noise, where, s, runs), *rl_eval, *overrides]
+    fit = ["fit", *base, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
+    deps = [f"sft-biased-s{s}"] + ([f"reward-biased-s{s}"] if where == "trained" else [])
+    return Stage(name, "rl", fit, ["test", *base, "--checkpoint", "last"], depends=deps,
+                 info={"seed": s, "cell": cell if arm != CONTROL else "-", "arm": arm, "noise": noise, "where": where})
+
+
+def plan(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: Path) -> list[Stage]:
+    stages: list[Stage] = [sft_stage(s) for s in seeds]
 
     def rl(s: int, cell: str, arm: str) -> Stage:
-        noise, where = CELLS[cell]
-        name = f"{cell}-{arm}-s{s}" if arm != CONTROL else f"{CONTROL}-s{s}"
-        base = ["--config", f"configs/experiments/{arm}.yaml", "--data", WORLD["rl_data"], *common, "--run_name", name,
-                "--seed_everything", str(s), "--data.init_args.seed", str(s),
-                "--model.init_args.init_from", str(runs / EXPERIMENT / f"sft-biased-s{s}" / "best.ckpt"),
-                "--model.init_args.reward", reward_spec(noise, where, s, runs), *rl_eval]
-        fit = ["fit", *base, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
-        deps = [f"sft-biased-s{s}"] + ([f"reward-biased-s{s}"] if where == "trained" else [])
-        return Stage(name, "rl", fit, ["test", *base, "--checkpoint", "last"], depends=deps,
-                     info={"seed": s, "cell": cell if arm != CONTROL else "-", "arm": arm, "noise": noise,
-                           "where": where})
+        return rl_stage(s, cell, arm, steps, test_users, runs)
 
     # The main cells for every seed first, then pure GRPO, then the extra cells: a run cut short still has complete
     # seeds of the main cells.
@@ -120,11 +134,7 @@ def plan(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: 
                 stages.append(rl(s, cell, arm))
     # The learned reward model's cell (its reward models first), then pure GRPO, then the other extra cells.
     if "trained" in cells:
-        for s in seeds:
-            stages.append(Stage(f"reward-biased-s{s}", "reward", [
-                "fit", "--config", "configs/experiments/reward.yaml", "--data", WORLD["reward_data"], *common,
-                "--run_name", f"reward-biased-s{s}", "--seed_everything", str(s), "--data.init_args.seed", str(s),
-                "--trainer.max_epochs", "3"], info={"seed": s}))
+        stages.extend(reward_stage(s) for s in seeds)
         for s in seeds:
             stages.extend(rl(s, "trained", arm) for arm in ARMS)
     for s in seeds:
@@ -135,6 +145,44 @@ def plan(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: 
         for cell in cells:
             if cell not in MAIN_CELLS and cell != "trained":
                 stages.extend(rl(s, cell, arm) for arm in ARMS)
+    return stages
+
+
+# Addendum 3: is λ = 1's utility gain repeat suppression? λ = 1 without the repeat penalty, and with rollouts that
+# cannot propose seen items, paired by seed with the map's committed control and λ = 1
+# (benchmarks/results/noise_map.md).
+VARIANTS = {  # arm -> (config, overrides appended to the run's arguments)
+    "lambda1_rp0": ("grpo_fixed_1.0", ["--model.init_args.repeat_penalty", "0"]),
+    "lambda1_noseen": ("grpo_fixed_1.0", ["--model.init_args.exclude_seen", "true"]),
+    "adagrpo_rp0": ("adagrpo", ["--model.init_args.repeat_penalty", "0"]),
+}
+REPEAT_CELLS = ["uniform-large", "trained"]
+REPEAT_ARMS = ["lambda1_rp0", "lambda1_noseen"]
+REPEAT_OPTIONAL = ["adagrpo_rp0"]  # queued after every seed of the required arms
+REPRO = f"repro-{CONTROL}"  # the control rerun whose metrics must equal the committed control's (pairing check)
+
+
+def plan_repeat(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: Path,
+                optional: bool = True) -> list[Stage]:
+    """Addendum 3, seed by seed (so a run cut short leaves complete pairs): SFT, the control rerun of the first seed
+    (the reproduction check), the new arms in the oracle-noise cells, the reward model, the new arms in *trained*;
+    then, if ``optional``, AdaGRPO without the repeat penalty for every seed. The SFT, reward and map stages are the
+    map's own (same keys), so finished ones are reused."""
+    stages: list[Stage] = []
+    cells = [c for c in REPEAT_CELLS if c in cells] + [c for c in cells if c not in REPEAT_CELLS]
+    for i, s in enumerate(seeds):
+        stages.append(sft_stage(s))
+        if i == 0:
+            repro = rl_stage(s, "clean", CONTROL, steps, test_users, runs, name=f"{REPRO}-s{s}")
+            repro.info.update(cell="repro", arm=REPRO)
+            stages.append(repro)
+        for cell in cells:
+            if CELLS[cell][1] == "trained":
+                stages.append(reward_stage(s))
+            stages.extend(rl_stage(s, cell, arm, steps, test_users, runs) for arm in REPEAT_ARMS)
+    if optional:
+        for s in seeds:
+            stages.extend(rl_stage(s, cell, arm, steps, test_users, runs) for cell in cells for arm in REPEAT_OPTIONAL)
     return stages
 
 
@@ -474,13 +522,113 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _by_seed(results: list[dict], cell: str, arm: str, metric: str) -> dict[int, float]:
+    return {r["seed"]: r["metrics"][metric] for r in results
+            if r.get("arm") == arm and r.get("cell") == cell and r["metrics"].get(metric) is not None}
+
+
+def paired(values: dict[int, float], ref: dict[int, float]) -> tuple[float, float, float] | None:
+    """Mean and 95 % t-interval of ``values − ref`` over the seeds both have (None when they share none)."""
+    seeds = sorted(set(values) & set(ref))
+    return t_interval([values[s] - ref[s] for s in seeds]) if seeds else None
+
+
+def repeat_verdict(arm_vs_control: tuple, l1_vs_control: tuple, arm_vs_l1: tuple, seeds: int) -> str:
+    """The pre-registered reading of addendum 3 (benchmarks/results/noise_map.md) for one (cell, arm)."""
+    if seeds < 3:
+        return f"undecided ({seeds} seeds)"
+    gain, l1_gain, (_, lo, hi) = arm_vs_control[0], l1_vs_control[0], arm_vs_l1
+    if gain < 0.5 * l1_gain and hi < 0:
+        return "keeps little of λ = 1's gain"
+    if lo > 0:
+        return "keeps the gain (above λ = 1)"
+    if lo <= 0 <= hi and gain >= 0.5 * l1_gain:
+        return "keeps the gain"
+    return "partial"
+
+
+REPEAT_METRICS = [("test_last/true/utility_10", "true utility@10"), ("test_last/true/hr_10", "true HR@10"),
+                  ("test_last/filtered/true/hr_10", "seen-filtered true HR@10"),
+                  ("test_last/repeat_rate_10", "repeat rate@10"), ("mean/kl", "KL to SFT (mean over steps)"),
+                  ("mean/reward/repeat", "repeat reward component (mean)")]
+LAMBDA1 = "grpo_fixed_1.0"
+
+
+def repeat_report(results: list[dict], cells: list[str], seeds: list[int]) -> str:
+    """Addendum 3: the control rerun against the committed control, then per metric the new arms' seed means and
+    paired differences to the control and to λ = 1 (95 % t-intervals over seeds), then the pre-registered verdict."""
+    fmt = lambda t: "–" if not t or not math.isfinite(t[0]) else (  # noqa: E731
+        f"{t[0]:+.4f} [{t[1]:+.4f}, {t[2]:+.4f}]" if math.isfinite(t[1]) else f"{t[0]:+.4f} [n=1]")
+    lines = ["reproduction check (the control rerun in this checkout vs the committed control, test_last/*):"]
+    for s in seeds:
+        rerun = next((r for r in results if r["stage"] == f"{REPRO}-s{s}"), None)
+        if rerun is None:
+            continue
+        committed = next((r for r in results if r["stage"] == f"{CONTROL}-s{s}"), None)
+        keys = sorted(k for k in rerun["metrics"] if k.startswith("test_last/"))
+        if committed is None:
+            lines.append(f"- seed {s}: no committed control")
+            continue
+        diffs = {k: abs(rerun["metrics"][k] - committed["metrics"].get(k, math.nan)) for k in keys}
+        worst = max(diffs, key=lambda k: diffs[k] if math.isfinite(diffs[k]) else math.inf)
+        ok = all(math.isfinite(d) and d <= 1e-5 for d in diffs.values())
+        lines.append(f"- seed {s}: {len(keys)} metrics, largest |difference| {diffs[worst]:.2e} ({worst}): "
+                     f"{'REPRODUCES' if ok else 'DOES NOT REPRODUCE'}; " + ", ".join(
+                         f"{k.replace('test_last/', '')} {committed['metrics'][k]:.4f} → {rerun['metrics'][k]:.4f}"
+                         for k, _ in REPEAT_METRICS[:4] if k in committed["metrics"] and k in rerun["metrics"]))
+    arms = [LAMBDA1, *REPEAT_ARMS, "adagrpo", *REPEAT_OPTIONAL]
+    for metric, label in REPEAT_METRICS:
+        control = _by_seed(results, "-", CONTROL, metric)
+        lines += ["", f"{label} ({metric}, final checkpoints); control mean {_mean(control.values()):.4f}", "",
+                  "| cell | arm | seeds | mean | − control (95 % CI) | − λ = 1 (95 % CI) |",
+                  "|---|---|---|---|---|---|"]
+        for cell in cells:
+            l1 = _by_seed(results, cell, LAMBDA1, metric)
+            for arm in arms:
+                values = _by_seed(results, cell, arm, metric)
+                if not values:
+                    continue
+                vs_l1 = paired(values, l1) if arm != LAMBDA1 else None
+                lines.append(f"| {cell} | {arm} | {len(values)} | {_mean(values.values()):.4f} | "
+                             f"{fmt(paired(values, control))} | {fmt(vs_l1)} |")
+    metric = REPEAT_METRICS[0][0]
+    control = _by_seed(results, "-", CONTROL, metric)
+    lines += ["", f"pre-registered reading on {REPEAT_METRICS[0][1]}:"]
+    for cell in cells:
+        l1 = _by_seed(results, cell, LAMBDA1, metric)
+        for arm in [*REPEAT_ARMS, *REPEAT_OPTIONAL]:
+            values = _by_seed(results, cell, arm, metric)
+            if not values:
+                continue
+            common = {s: values[s] for s in values if s in l1 and s in control}
+            if not common:
+                continue
+            verdict = repeat_verdict(paired(common, control), paired({s: l1[s] for s in common}, control),
+                                     paired(common, l1), len(common))
+            lines.append(f"- {cell} / {arm}: {verdict}")
+    return "\n".join(lines)
+
+
+def stages_for(args: argparse.Namespace) -> list[Stage]:
+    if args.study == "repeat":
+        stages = plan_repeat(args.seeds, args.steps, args.test_users, args.cells or REPEAT_CELLS, args.runs,
+                             optional=not args.no_optional)
+    else:
+        stages = plan(args.seeds, args.steps, args.test_users, args.cells or list(CELLS), args.runs)
+    return [st for st in stages if args.only == "all" or st.kind == "sft"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.noise_map", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["plan", "run", "report", "snapshot", "backfill"])
     parser.add_argument("--snapshot", type=Path, default=None, help="run the stages with this frozen package")
     parser.add_argument("--ref", default="HEAD", help="snapshot: the commit to build (the map so far: 911d19e)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument("--cells", nargs="+", default=None, choices=list(CELLS),
+                        help="default: every cell (map), trained and uniform-large (repeat)")
+    parser.add_argument("--study", choices=["map", "repeat"], default="map",
+                        help="the map, or addendum 3 (λ = 1 without the repeat penalty / with seen items excluded)")
+    parser.add_argument("--no-optional", action="store_true", help="repeat: leave out AdaGRPO without the penalty")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per RL run (B = 32 prompts × G = 16)")
     parser.add_argument("--test-users", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
@@ -488,9 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", action="append", default=None)
     parser.add_argument("--only", choices=["sft", "all"], default="all", help="run only the SFT stages")
     args = parser.parse_args(argv)
-    stages = plan(args.seeds, args.steps, args.test_users, args.cells, args.runs)
-    if args.only == "sft":
-        stages = [st for st in stages if st.kind == "sft"]
+    stages = stages_for(args)
     if args.action == "snapshot":
         if args.snapshot is None:
             raise SystemExit("--snapshot DIR is required")
@@ -515,6 +661,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs:
             p.wait()
         return 0
+    if args.study == "repeat":
+        results = [r for r in load_results() if r.get("arm")]
+        print(repeat_report(results, args.cells or REPEAT_CELLS, args.seeds))
+        return 0
     out = RESULTS
     texts = [report(m, out) for m in (args.metric or ["test_last/true/hr_10", "test_last/filtered/true/hr_10"])]
     results = [r for r in load_results() if r.get("arm")]
@@ -528,7 +678,9 @@ def _worker_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("action")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--cells", nargs="+", default=list(CELLS))
+    parser.add_argument("--cells", nargs="+", default=None)
+    parser.add_argument("--study", default="map")
+    parser.add_argument("--no-optional", action="store_true")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--test-users", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
@@ -537,8 +689,7 @@ def _worker_main(argv: list[str]) -> None:
     parser.add_argument("--only", default="all")
     parser.add_argument("--snapshot", type=Path, default=None)
     args = parser.parse_args(original)
-    stages = plan(args.seeds, args.steps, args.test_users, args.cells, args.runs)
-    worker([st for st in stages if args.only == "all" or st.kind == "sft"], index, args.runs, args.snapshot)
+    worker(stages_for(args), index, args.runs, args.snapshot)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,71 @@ def test_a_new_checkout_resumes_from_the_committed_results(tmp_path):
     assert nm._done(folder(sft), sft, committed) is not None
     other = nm.plan([0], steps=11, test_users=50, cells=["clean"], runs=runs)[1]  # other arguments, other key
     assert nm._done(folder(other), other, committed) is None
+
+
+def test_repeat_plan_adds_only_overrides_to_the_lambda1_runs_and_goes_seed_by_seed(tmp_path):
+    stages = nm.plan_repeat([0, 1], steps=10, test_users=50, cells=["uniform-large", "trained"], runs=tmp_path)
+    by_name = {st.name: st for st in stages}
+    names = [st.name for st in stages]
+    assert len(names) == len(set(names)) and len({st.key() for st in stages}) == len(stages)
+    # the SFT and reward stages are the map's own (same keys: reused when finished)
+    mapped = {st.name: st.key() for st in nm.plan([0, 1], 10, 50, ["uniform-large", "trained"], tmp_path)}
+    for st in stages:
+        if st.kind in ("sft", "reward"):
+            assert mapped[st.name] == st.key()
+    # seed 0 complete (SFT, reproduction, both cells with their reward model) before seed 1 starts; optional arms last
+    assert names[:7] == ["sft-biased-s0", "repro-continue_sft-s0", "uniform-large-lambda1_rp0-s0",
+                         "uniform-large-lambda1_noseen-s0", "reward-biased-s0", "trained-lambda1_rp0-s0",
+                         "trained-lambda1_noseen-s0"]
+    assert names.index("sft-biased-s1") == 7 and "repro-continue_sft-s1" not in names
+    assert all(n.startswith(("uniform-large-adagrpo_rp0", "trained-adagrpo_rp0")) for n in names[-4:])
+    assert len(nm.plan_repeat([0], 10, 50, ["trained"], tmp_path, optional=False)) == 5  # SFT, repro, reward, 2 arms
+    # each new arm is the map's λ = 1 (or AdaGRPO) run of the same seed and cell plus exactly its override
+    for cell in ("uniform-large", "trained"):
+        for arm, base_arm in (("lambda1_rp0", "grpo_fixed_1.0"), ("lambda1_noseen", "grpo_fixed_1.0"),
+                              ("adagrpo_rp0", "adagrpo")):
+            new, old = by_name[f"{cell}-{arm}-s1"], nm.rl_stage(1, cell, base_arm, 10, 50, tmp_path)
+            rename = lambda args: [f"{cell}-{arm}-s1" if a == old.name else a for a in args]  # noqa: E731,B023
+            override = nm.VARIANTS[arm][1]
+            i = new.fit.index(override[0])
+            assert new.fit[:i] + new.fit[i + 2:] == rename(old.fit)
+            j = new.test.index(override[0])
+            assert new.test[:j] + new.test[j + 2:] == rename(old.test)
+            assert new.info == {**old.info, "arm": arm} and new.depends == old.depends
+    assert by_name["trained-lambda1_noseen-s0"].fit[
+        by_name["trained-lambda1_noseen-s0"].fit.index("--model.init_args.exclude_seen") + 1] == "true"
+    # the rerun control differs from the committed control only by its name
+    repro, control = by_name["repro-continue_sft-s0"], nm.rl_stage(0, "clean", "continue_sft", 10, 50, tmp_path)
+    assert [a if a != repro.name else control.name for a in repro.fit] == control.fit
+    assert repro.info["arm"] == "repro-continue_sft" and repro.info["cell"] == "repro"
+    # the new arms are not fixed mixtures: the map's "best fixed mixture" of a cell is unchanged by them
+    assert not any(a.startswith("grpo_fixed") for a in nm.VARIANTS)
+
+
+def test_repeat_verdict_follows_the_preregistered_reading():
+    l1 = (0.04, 0.03, 0.05)
+    assert nm.repeat_verdict((0.01, 0.0, 0.02), l1, (-0.03, -0.04, -0.02), 3) == "keeps little of λ = 1's gain"
+    assert nm.repeat_verdict((0.035, 0.02, 0.05), l1, (-0.005, -0.02, +0.01), 3) == "keeps the gain"
+    assert nm.repeat_verdict((0.06, 0.05, 0.07), l1, (0.02, 0.01, 0.03), 3) == "keeps the gain (above λ = 1)"
+    assert nm.repeat_verdict((0.015, -0.01, 0.04), l1, (-0.025, -0.06, +0.01), 3) == "partial"
+    assert nm.repeat_verdict((0.0, 0.0, 0.0), l1, (-0.04, -0.05, -0.03), 2).startswith("undecided")
+
+
+def test_repeat_report_pairs_with_the_control_and_lambda1_and_checks_the_rerun_control():
+    m = "test_last/true/utility_10"
+    row = lambda stage, cell, arm, s, v: {"stage": stage, "cell": cell, "arm": arm, "seed": s,  # noqa: E731
+                                         "metrics": {m: v}}
+    rows = [row(f"continue_sft-s{s}", "-", "continue_sft", s, 0.44 + 0.01 * s) for s in range(3)]
+    rows += [row(f"c-grpo_fixed_1.0-s{s}", "c", "grpo_fixed_1.0", s, 0.48 + 0.01 * s + 0.001 * s * s)
+             for s in range(3)]
+    rows += [row(f"c-lambda1_rp0-s{s}", "c", "lambda1_rp0", s, 0.44 + 0.01 * s + 0.001 * s) for s in range(3)]
+    rows.append(row("repro-continue_sft-s0", "repro", "repro-continue_sft", 0, 0.44))
+    text = nm.repeat_report(rows, ["c"], [0, 1, 2])
+    assert "seed 0: 1 metrics, largest |difference| 0.00e+00" in text and "REPRODUCES" in text
+    # λ = 1 − control: 0.04, 0.041, 0.044; rp0 − control: 0, 0.001, 0.002; rp0 − λ = 1: −0.04, −0.04, −0.042
+    assert "| c | lambda1_rp0 | 3 | 0.4510 | +0.0010 [" in text
+    mean, lo, hi = nm.t_interval([-0.04, -0.04, -0.042])
+    assert f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" in text
+    assert "- c / lambda1_rp0: keeps little of λ = 1's gain" in text
+    rows[-1]["metrics"][m] = 0.45
+    assert "DOES NOT REPRODUCE" in nm.repeat_report(rows, ["c"], [0, 1, 2])
