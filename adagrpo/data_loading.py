@@ -3,6 +3,7 @@ that reads data outside LightningCLI: prepare, calibrate, predict, analyze)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 
@@ -13,11 +14,12 @@ def load_datamodule(config: str, overrides: list[str] | None = None):
     from jsonargparse import ArgumentParser
 
     from adagrpo.datamodules.sequence import SeqRecDataModule
+    from adagrpo.resources import read_config
 
     path = Path(config)
     if not path.exists():
         raise SystemExit(f"adagrpo: config file not found: {config}")
-    top = yaml.safe_load(path.read_text()) or {}
+    top = read_config(path) or {}  # an experiment variant's data: may come from its base: config
     parser = ArgumentParser(parser_mode="omegaconf", exit_on_error=False)
     parser.add_subclass_arguments(SeqRecDataModule, "data", required=True)
     if isinstance(top, dict) and "class_path" in top:
@@ -26,8 +28,11 @@ def load_datamodule(config: str, overrides: list[str] | None = None):
         data = top["data"]
         if isinstance(data, str):
             args = ["--data", str((path.parent / data).resolve())]
-        else:
-            cfg = parser.parse_string(yaml.safe_dump({"data": data}))
+        else:  # an inline block: its nested config paths are relative to the experiment file, as in LightningCLI
+            with contextlib.chdir(path.parent):
+                cfg = parser.parse_string(yaml.safe_dump({"data": data}))
+            if overrides:
+                cfg = parser.parse_args(list(overrides), namespace=cfg)
             return parser.instantiate_classes(cfg).data
     else:
         raise SystemExit(f"adagrpo: {config} is neither a data config (class_path: …) nor has a `data:` entry")
