@@ -4,13 +4,16 @@
     ADAGRPO_DATA_ROOT=../shared/data python -m benchmarks.beauty_sft plan          # stages and commands
     ADAGRPO_DATA_ROOT=../shared/data python -m benchmarks.beauty_sft run sids      # SID kinds, equal budget
     ADAGRPO_DATA_ROOT=../shared/data python -m benchmarks.beauty_sft run recipe    # configs/experiments/beauty_sft.yaml
+    ADAGRPO_DATA_ROOT=../shared/data python -m benchmarks.beauty_sft run industrial  # the same recipe, Industrial data
     python -m benchmarks.beauty_sft report                                         # tables + learning-curve PNG
 
 Every stage is the shipped recipe (``configs/experiments/beauty_sft.yaml``); the SID comparison changes only the
 ``sids`` entry and cuts training to ``--sid-steps`` optimizer steps (its warmup-cosine schedule spans those steps),
 validating every ``--sid-steps``/3 steps and testing on a seeded subset of ``--sid-test-users`` users. The recipe is
 tested on all 22,363 users (full catalogue, constrained beam search, no seen-item filtering: the protocol of TIGER's
-table, which ranks the whole catalogue).
+table, which ranks the whole catalogue). ``industrial`` runs the recipe unchanged except for its data (the
+Industrial_and_Scientific source and the same kind of SIDs, ``--industrial-sids``), into experiment
+``industrial-sft``, tested on all users.
 
 Resumable: a stage whose ``runs/beauty-sft/<stage>/tested.json`` exists is skipped; an interrupted fit (its
 ``running.json`` is there) continues with ``adagrpo fit --resume``; a fitted but untested stage is only tested. Each
@@ -57,9 +60,10 @@ class Stage:
     name: str
     sids: str | None  # None: the recipe's own
     overrides: list[str] = field(default_factory=list)
+    experiment: str = EXPERIMENT
 
     def fit_cmd(self) -> list[str]:
-        cmd = ["fit", "--config", RECIPE, "--experiment", EXPERIMENT, "--run_name", self.name]
+        cmd = ["fit", "--config", RECIPE, "--experiment", self.experiment, "--run_name", self.name]
         if self.sids:
             cmd += ["--data.init_args.sids", self.sids]
         return cmd + self.overrides
@@ -68,14 +72,17 @@ class Stage:
         return ["test", *self.fit_cmd()[1:]]
 
 
-def plan(sid_steps: int, sid_test_users: int, sid_val_users: int) -> dict[str, list[Stage]]:
+def plan(sid_steps: int, sid_test_users: int, sid_val_users: int,
+         industrial_sids: str = "configs/data/sids/industrial_letter_zcr.yaml") -> dict[str, list[Stage]]:
     val_every = max(1, sid_steps // 3)
     cut = ["--trainer.max_steps", str(sid_steps), "--trainer.val_check_interval", str(val_every),
            "--data.init_args.max_eval_samples", str(sid_val_users),
            "--data.init_args.max_test_samples", str(sid_test_users),
            "--model.init_args.scheduler.init_args.warmup_steps", str(max(1, sid_steps // 6))]
     sids = [Stage(f"sid-{kind}-{sid_steps}", path, cut) for kind, path in SID_KINDS.items()]
-    return {"sids": sids, "recipe": [Stage("recipe", None)]}
+    industrial = Stage("recipe", industrial_sids, ["--data.init_args.source", "configs/data/sources/industrial.yaml"],
+                       experiment="industrial-sft")
+    return {"sids": sids, "recipe": [Stage("recipe", None)], "industrial": [industrial]}
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -92,6 +99,8 @@ def _sid_stats(stage: Stage) -> dict:
     from adagrpo.data_loading import load_datamodule
 
     over = ["--data.init_args.sids", stage.sids] if stage.sids else []
+    pairs = list(zip(stage.overrides[::2], stage.overrides[1::2]))
+    over += [x for key, value in pairs if key == "--data.init_args.source" for x in (key, value)]
     recipe = ROOT / RECIPE
     dm = load_datamodule(str(recipe), over) if over else load_datamodule(str(recipe))
     rep = dm.report()
@@ -127,7 +136,7 @@ def _commit() -> str:
 
 
 def run_stage(stage: Stage, runs: Path) -> dict | None:
-    run_dir = runs / EXPERIMENT / stage.name
+    run_dir = runs / stage.experiment / stage.name
     done = run_dir / "tested.json"
     if done.exists():
         print(f"[{stage.name}] done: {done}", flush=True)
@@ -143,7 +152,8 @@ def run_stage(stage: Stage, runs: Path) -> dict | None:
     if "test/hr_10" not in _metrics(run_dir)["test"]:  # a stage interrupted after its test is not tested again
         print(f"[{stage.name}] test …", flush=True)
         _run(stage.test_cmd(), log)
-    result = {"stage": stage.name, "sids": stage.sids or "recipe", "overrides": stage.overrides,
+    result = {"stage": stage.name, "experiment": stage.experiment, "sids": stage.sids or "recipe",
+              "overrides": stage.overrides,
               "commit": _commit(), "threads": os.environ.get("OMP_NUM_THREADS"),
               "load_avg_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
               "wall_minutes_this_session": round((time.time() - t0) / 60, 1),
@@ -163,7 +173,9 @@ def load_results() -> dict[str, dict]:
         for line in path.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
-                out[rec["stage"]] = rec  # a later line supersedes
+                exp = rec.get("experiment", EXPERIMENT)
+                key = rec["stage"] if exp == EXPERIMENT else f"{exp}/{rec['stage']}"
+                out[key] = rec  # a later line supersedes
     return out
 
 
@@ -227,15 +239,17 @@ def _plot(results: dict[str, dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.beauty_sft", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["plan", "run", "report"])
-    p.add_argument("group", nargs="?", choices=["sids", "recipe", "all"], default="all")
+    p.add_argument("group", nargs="?", choices=["sids", "recipe", "industrial", "all"], default="all")
+    p.add_argument("--industrial-sids", default="configs/data/sids/industrial_letter_zcr.yaml")
     p.add_argument("--sid-steps", type=int, default=300)
     p.add_argument("--sid-test-users", type=int, default=3000)
     p.add_argument("--sid-val-users", type=int, default=1000)
     p.add_argument("--runs", type=Path, default=Path(os.environ.get("ADAGRPO_RUNS", "runs")))
     args = p.parse_args(argv)
+    (args.runs / EXPERIMENT).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(args.runs / EXPERIMENT / 'mlflow.db').resolve()}")
-    stages = plan(args.sid_steps, args.sid_test_users, args.sid_val_users)
-    chosen = stages["sids"] + stages["recipe"] if args.group == "all" else stages[args.group]
+    stages = plan(args.sid_steps, args.sid_test_users, args.sid_val_users, args.industrial_sids)
+    chosen = [s for group in stages.values() for s in group] if args.group == "all" else stages[args.group]
     if args.command == "plan":
         for s in chosen:
             print(f"{s.name}: adagrpo {' '.join(s.fit_cmd())}")
@@ -244,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         print(report())
         return 0
-    (args.runs / EXPERIMENT).mkdir(parents=True, exist_ok=True)
     for s in chosen:
         run_stage(s, args.runs)
     return 0
