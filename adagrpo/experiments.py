@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adagrpo.datamodules.cache import atomic_write_text
-from adagrpo.resources import config_root
+from adagrpo.resources import config_base, config_root
 
 
 @dataclass
@@ -36,13 +36,16 @@ class Stage:
     test_last: bool = False
 
     def files(self) -> list[Path]:
-        """The config and every YAML it includes (paths resolved relative to each file)."""
+        """The config, its ``base:`` chain and every YAML they include (paths resolved relative to each file)."""
         seen, todo = [], [self.config]
         while todo:
             path = todo.pop()
             if path in seen or not path.exists():
                 continue
             seen.append(path)
+            base = config_base(path)
+            if base is not None:
+                todo.append(base.resolve())
             for line in path.read_text().splitlines():
                 value = line.split(":", 1)[-1].strip()
                 if value.endswith(".yaml") and not value.startswith("$"):

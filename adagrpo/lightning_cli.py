@@ -10,7 +10,9 @@
   or ``last``, and log into the same MLflow run as the fit (metrics ``test/…`` for the best checkpoint,
   ``test_last/…`` for the last);
 * the resolved config is saved as an artifact of the MLflow run (LightningCLI's own config file writer
-  clashes with MLflow loggers, which have no local log_dir).
+  clashes with MLflow loggers, which have no local log_dir);
+* a config file may name a ``base:`` config that is applied before it, as an earlier ``--config`` would be
+  (:class:`ConfigFileWithBase`; ``configs/experiments/rl_base.yaml`` and its variants).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from jsonargparse import ActionConfigFile
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from adagrpo.run_config import PARENT_RUN_ENV
 
@@ -90,7 +93,39 @@ def _local_log_dir(trainer: L.Trainer) -> str | None:
     return trainer.default_root_dir
 
 
+class ConfigFileWithBase(ActionConfigFile):
+    """``--config FILE``, where FILE may name a ``base:`` config (relative to FILE; see
+    :func:`adagrpo.resources.config_base`): the chain is applied deepest base first, each file by jsonargparse's
+    own config-file merge, exactly as ``--config BASE --config FILE`` would be; ``base`` itself is not a config
+    key and is dropped. A YAML string instead of a file is applied as it is."""
+
+    def __call__(self, parser, cfg, values, option_string=None) -> None:  # noqa: ANN001
+        from adagrpo.resources import BASE_KEY, config_chain
+
+        if not (isinstance(values, (str, os.PathLike)) and Path(values).is_file()):
+            self.apply_config(parser, cfg, self.dest, values)
+            return
+        for layer in config_chain(values):
+            self.apply_config(parser, cfg, self.dest, str(layer))
+            if BASE_KEY in cfg:
+                del cfg[BASE_KEY]
+
+
+CONFIG_HELP = ("Path to a configuration file in json or yaml format; repeatable, later files override earlier "
+               "ones. A file may name a `base:` config (a path relative to it) that is applied first, so a variant "
+               "says only what differs from its base.")
+
+
 class AdaGRPOCLI(LightningCLI):
+    def init_parser(self, **kwargs) -> LightningArgumentParser:  # noqa: ANN003
+        """As LightningCLI's, with ``--config`` accepting files that name a ``base:`` (:class:`ConfigFileWithBase`)."""
+        import lightning.pytorch as pl
+
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument("-c", "--config", action=ConfigFileWithBase, help=CONFIG_HELP)
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("--experiment", type=str, default="default",
                             help="MLflow experiment; runs in one experiment are compared by `adagrpo compare`.")

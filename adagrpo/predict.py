@@ -194,8 +194,6 @@ def cmd_predict(argv: list[str]) -> int:
     import sys
     import time
 
-    import yaml
-
     parser = argparse.ArgumentParser(
         prog="adagrpo predict",
         description="Write the top-K recommendations of every user (constrained beam search over the catalogue) "
@@ -227,6 +225,7 @@ def cmd_predict(argv: list[str]) -> int:
     from adagrpo.errors import ConfigError, DataError
     from adagrpo.lightning_modules.checkpoint_io import IncompatibleCheckpoint
     from adagrpo.records import read_record, record_dir
+    from adagrpo.resources import read_config
 
     def fail(message: str) -> int:
         print(f"adagrpo predict: {message}", file=sys.stderr)
@@ -238,7 +237,7 @@ def cmd_predict(argv: list[str]) -> int:
     bad = [o for o in overrides if o.startswith("-") and not o.startswith("--data.")]
     if bad:
         return fail(f"unrecognised option(s) {bad}; data overrides are --data.init_args.<name> VALUE")
-    top = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).is_file() else None
+    top = read_config(args.config) if Path(args.config).is_file() else None  # with its base: chain applied
     experiment = args.experiment or (top.get("experiment") if isinstance(top, dict) and "data" in top else None)
     run_name = args.run_name or (top.get("run_name") if isinstance(top, dict) and "data" in top else None)
     checkpoint = args.checkpoint

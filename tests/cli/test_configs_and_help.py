@@ -4,6 +4,8 @@
 * every shipped YAML parses against its class signature, without instantiating anything: experiments as
   whole ``fit`` configs, trainer overlays on top of the experiment their header names, and fragments
   (data, SIDs, sources, policies, optimizers) by their own ``class_path``;
+* every experiment variant (a file naming a ``base:``) composes with its base chain exactly as LightningCLI's
+  repeated ``--config`` does, and means what its name says;
 * ``--print_config`` prints the configuration that runs (MLflow experiment and run names filled in).
 """
 
@@ -22,12 +24,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import Strategy
 
 from adagrpo.cli import main
-from adagrpo.resources import config_root
+from adagrpo.resources import BASE_KEY, config_chain, config_root, read_config
 
 ROOT = config_root()
 SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.yaml"))
 CLI_KEYS = {"trainer", "model", "data", "seed_everything", "experiment", "run_name", "ckpt_path", "optimizer",
-            "lr_scheduler", "checkpoint", "allow_untrained"}
+            "lr_scheduler", "checkpoint", "allow_untrained", BASE_KEY}
 
 
 def configurable_classes() -> list[type]:
@@ -84,6 +86,8 @@ def kind(rel: str) -> str:
     if "class_path" in text:
         return "fragment"
     if set(text) <= CLI_KEYS:
+        if BASE_KEY in text:
+            return "variant"
         return "experiment" if "model" in text and "class_path" in (text["model"] or {}) else "overlay"
     return "unknown"
 
@@ -92,6 +96,9 @@ def test_every_shipped_yaml_is_covered():
     assert len(SHIPPED) > 40
     unknown = [rel for rel in SHIPPED if kind(rel) == "unknown"]
     assert not unknown, f"shipped YAMLs that are neither a fit config, an overlay nor a class_path fragment: {unknown}"
+    rl = [r for r in SHIPPED if r.startswith("experiments/") and (kind(r) == "variant" or "rl_base" in r)]
+    # the RL experiments are one base and overlays on it (directly or through adagrpo.yaml)
+    assert len(rl) >= 16 and all(config_chain(ROOT / r)[0].name == "rl_base.yaml" for r in rl), rl
 
 
 def print_config(args: list[str], capsys) -> dict:  # noqa: ANN001
@@ -118,14 +125,14 @@ def overlay_base(rel: str) -> str:
     return m.group(1) if m else "configs/experiments/sft.yaml"
 
 
-@pytest.mark.parametrize("rel", [r for r in SHIPPED if kind(r) in ("experiment", "overlay")])
+@pytest.mark.parametrize("rel", [r for r in SHIPPED if kind(r) in ("experiment", "overlay", "variant")])
 def test_fit_configs_parse_and_print_what_runs(rel, isolated, capsys):
-    if kind(rel) == "experiment":
-        args, source = ["--config", f"configs/{rel}"], yaml.safe_load((ROOT / rel).read_text())
+    if kind(rel) in ("experiment", "variant"):
+        args, source = ["--config", f"configs/{rel}"], read_config(ROOT / rel)
     else:
         base = overlay_base(rel)
         args = ["--config", base, "--config", f"configs/{rel}"]
-        source = yaml.safe_load(Path(ROOT / base.removeprefix("configs/")).read_text())
+        source = read_config(ROOT / base.removeprefix("configs/"))
     cfg = print_config(args, capsys)
     experiment, run_name = cfg["experiment"], cfg["run_name"] or "fit"
     assert experiment == source.get("experiment", "default")
@@ -134,6 +141,107 @@ def test_fit_configs_parse_and_print_what_runs(rel, isolated, capsys):
     for lg in loggers if isinstance(loggers, list) else [loggers]:
         if isinstance(lg, dict) and lg["class_path"].endswith("MLFlowLogger"):
             assert (lg["init_args"]["experiment_name"], lg["init_args"]["run_name"]) == (experiment, run_name)
+
+
+def dotted(cfg: dict, key: str):  # noqa: ANN201
+    for part in key.split("."):
+        cfg = cfg[int(part)] if isinstance(cfg, list) else cfg[part]
+    return cfg
+
+
+GATED = "adagrpo.lightning_modules.GatedBalance"
+FIXED = "adagrpo.lightning_modules.FixedWeight"
+DIFFICULTY = "adagrpo.lightning_modules.PolicyDifficultyGate"
+DISCRIMINABILITY = "adagrpo.lightning_modules.RewardDiscriminabilityGate"
+#: what each RL variant's name promises, read from its composed configuration (model.init_args.X → M.X)
+MEANING = {
+    "rl_base": {"M.balancer.class_path": FIXED, "M.balancer.init_args.rl_weight": 1.0, "M.gates": None},
+    "grpo": {"M.balancer.class_path": FIXED, "M.balancer.init_args.nll_weight": 1.0,
+             "M.balancer.init_args.rl_weight": 1.0, "M.gates": None},
+    "grpo_fixed_0.1": {"M.balancer.class_path": FIXED, "M.balancer.init_args.rl_weight": 0.1, "M.gates": None},
+    "grpo_fixed_0.3": {"M.balancer.class_path": FIXED, "M.balancer.init_args.rl_weight": 0.3, "M.gates": None},
+    "grpo_fixed_1.0": {"M.balancer.class_path": FIXED, "M.balancer.init_args.rl_weight": 1.0, "M.gates": None},
+    "pure_grpo": {"M.balancer.init_args.nll_weight": 0.0, "M.balancer.init_args.rl_weight": 1.0},
+    "continue_sft": {"M.balancer.init_args.nll_weight": 1.0, "M.balancer.init_args.rl_weight": 0.0},
+    "adagrpo": {"M.balancer.class_path": GATED, "M.balancer.init_args.normalize": "batch",
+                "M.gates.0.class_path": DIFFICULTY, "M.gates.0.init_args.signal": "gt_rank",
+                "M.gates.0.init_args.threshold": 2.0, "M.gates.1.class_path": DISCRIMINABILITY,
+                "M.gates.1.init_args.signal": "auc", "M.gates.1.init_args.threshold": 0.8,
+                "M.scale_rewards": "group", "M.inject_gt": False, "data.init_args.rl_users": "all"},
+    "adagrpo_admitted": {"M.balancer.init_args.normalize": "admitted"},
+    "adagrpo_band": {"M.gates.0.init_args.signal": "band", "M.gates.0.init_args.threshold": 1.0,
+                     "M.gates.1.init_args.signal": "auc", "len(M.gates)": 2},
+    "adagrpo_difficulty_only": {"M.gates.0.class_path": DIFFICULTY, "len(M.gates)": 1},
+    "adagrpo_discriminability_only": {"M.gates.0.class_path": DISCRIMINABILITY, "len(M.gates)": 1},
+    "adagrpo_heldout": {"data.init_args.rl_users": "heldout"},
+    "adagrpo_inject_gt": {"M.inject_gt": True, "M.balancer.class_path": GATED},
+    "adagrpo_oracle": {"M.gates.0.class_path": "adagrpo.lightning_modules.OracleGate", "len(M.gates)": 1},
+    "adagrpo_relative": {"M.gates.0.init_args.signal": "gt_rank", "M.gates.1.init_args.signal": "relative",
+                         "M.gates.1.init_args.threshold": 1.0, "len(M.gates)": 2},
+    "adagrpo_spread": {"M.scale_rewards": "spread"},
+}
+SHARED = ["experiment", "seed_everything", "trainer.max_steps", "trainer.val_check_interval", "M.init_from",
+          "M.reward", "M.optimizer", "M.num_generations", "M.beta", "trainer.callbacks"]
+
+
+def test_every_rl_variant_has_a_meaning():
+    variants = {Path(r).stem for r in SHIPPED if kind(r) == "variant"} | {"rl_base"}
+    assert variants == set(MEANING), variants ^ set(MEANING)
+
+
+@pytest.mark.parametrize("rel", [r for r in SHIPPED if kind(r) == "variant"])
+def test_variant_composes_with_its_base(rel, isolated, capsys):
+    """``--config VARIANT`` equals LightningCLI's ``--config BASE … --config VARIANT`` of the same files without
+    their ``base:`` key; the variant validates against the classes' signatures, keeps its own run name, shares the
+    base's settings and means what its name says."""
+    chain = config_chain(ROOT / rel)
+    assert len(chain) >= 2 and kind(chain[0].relative_to(ROOT).as_posix()) == "experiment", chain
+    layers = []
+    (isolated / "data").symlink_to(ROOT / "data")  # the layers' relative data paths (../data/...) still resolve
+    (isolated / "experiments").mkdir()
+    for path in chain:
+        text = yaml.safe_load(path.read_text())
+        text.pop(BASE_KEY, None)
+        layer = isolated / "experiments" / path.name
+        layer.write_text(yaml.safe_dump(text, sort_keys=False))
+        layers += ["--config", str(layer)]
+    cfg = print_config(["--config", f"configs/{rel}"], capsys)
+    assert cfg == print_config(layers, capsys)
+    stem = Path(rel).stem
+    assert cfg["run_name"] == stem and cfg["trainer"]["default_root_dir"] == f"runs/synthetic/{stem}"
+    base = print_config(["--config", str(chain[0])], capsys)
+    model = lambda key: key.replace("M.", "model.init_args.", 1)  # noqa: E731
+    for key in SHARED:
+        assert dotted(cfg, model(key)) == dotted(base, model(key)), key
+    expect = MEANING[stem]
+    if stem.startswith("adagrpo_"):  # AdaGRPO's promises hold unless the variant says otherwise (its own gates)
+        own_gates = any("M.gates" in key for key in expect)
+        expect = {**{k: v for k, v in MEANING["adagrpo"].items() if not (own_gates and "M.gates" in k)}, **expect}
+    for key, value in expect.items():
+        if key.startswith("len("):
+            assert len(dotted(cfg, model(key[4:-1]))) == value, key
+        else:
+            assert dotted(cfg, model(key)) == value, (key, dotted(cfg, model(key)))
+
+
+def test_a_base_chain_is_checked(tmp_path, isolated, capsys):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nrun_name: a\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    for name, message in (("a", "cycle"), ("c", "missing.yaml")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(tmp_path / f"{name}.yaml"), "--print_config"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, name
+
+
+def test_a_users_variant_names_a_shipped_base(isolated, capsys):
+    """A variant outside the package names its base by a ``configs/...`` path (found in the package, as on the
+    command line); the composed config is the shipped variant's."""
+    (isolated / "mine.yaml").write_text("base: configs/experiments/rl_base.yaml\nrun_name: grpo_fixed_0.1\n"
+                                        "model: {init_args: {balancer: {init_args: {rl_weight: 0.1}}}}\n")
+    assert print_config(["--config", "mine.yaml"], capsys) == print_config(
+        ["--config", "configs/experiments/grpo_fixed_0.1.yaml"], capsys)
+    assert read_config("mine.yaml")["data"] == str((ROOT / "data" / "synthetic_rl.yaml").resolve())
 
 
 def test_print_config_shows_the_run_name_of_the_command_line(isolated, capsys):
