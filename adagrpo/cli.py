@@ -25,14 +25,20 @@ Training and evaluation (LightningCLI; see `adagrpo fit --help`):
   fit        train a stage (SFT, reward model, GRPO/AdaGRPO) from YAML configs
   validate   run validation of a checkpoint
   test       evaluate a checkpoint (HR@K, NDCG@K, hallucination, baselines)
-  predict    write recommendations
+
+Recommendations (see `adagrpo predict --help`):
+  predict    each user's top-K catalogue items from an SFT or GRPO checkpoint (constrained beam search;
+             --k, --exclude-seen, --history full|train) to a file: TSV, one line per item (user_id, rank,
+             item_id, sid, score), or JSONL, one object per user (--out x.jsonl)
 
 Project commands (see `adagrpo <command> --help`):
 {extra}
 
 Configs live in configs/ (data/, model/, trainer/, experiments/). An experiment names its data and
-model fragments by path; trainer/*.yaml are overlays added with a second --config. Paths in data
-configs resolve under $ADAGRPO_DATA_ROOT (default: data/).
+model fragments by path; trainer/*.yaml are overlays added with a second --config. An RL variant
+(experiments/grpo*.yaml, adagrpo*.yaml, ...) names its `base:` (rl_base.yaml), applied first; see it
+composed with `adagrpo fit --config <variant> --print_config`. Paths in data configs resolve under
+$ADAGRPO_DATA_ROOT (default: data/).
 """
 
 

@@ -81,6 +81,31 @@ def test_model_help_shows_each_argument(capsys):
         assert fragment in out, f"missing help: {fragment!r}"
 
 
+def test_usage_says_what_predict_writes(capsys):
+    """`adagrpo --help` describes `predict` by what it does: its output formats and columns, and only options that
+    `adagrpo predict` accepts; every listed command answers its own --help."""
+    from adagrpo import commands
+    from adagrpo.predict import FORMATS, TSV_HEADER
+
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    block = re.sub(r"\s+", " ", usage[usage.index("  predict "):usage.index("Project commands")])
+    assert all(fmt.upper() in block for fmt in FORMATS), block
+    assert ", ".join(TSV_HEADER.split("\t")) in block, block
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--help"])
+    assert exit_info.value.code == 0
+    predict_help = capsys.readouterr().out
+    named = re.findall(r"--[\w-]+", block)
+    assert named and all(flag in predict_help for flag in named), (named, predict_help)
+    for name in commands.COMMANDS:
+        assert f"  {name} " in usage
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0, name
+    capsys.readouterr()
+
+
 def kind(rel: str) -> str:
     text = yaml.safe_load((ROOT / rel).read_text()) or {}
     if "class_path" in text:
