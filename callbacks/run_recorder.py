@@ -2,7 +2,8 @@
 
 * While a fit runs: ``running.json`` (its MLflow run id, the resume checkpoint, the step) and, every
   ``every_n_train_steps`` optimizer steps whatever the monitored metric does, ``resume/last.ckpt`` (written
-  atomically). ``adagrpo fit … --resume`` continues from there, in the same MLflow run.
+  atomically; one step later when a validation follows that step, so that the checkpoint holds its outcome).
+  ``adagrpo fit … --resume`` continues from there, in the same MLflow run.
 * When a fit completes: ``latest.json``, and the stable copies ``best.ckpt``/``last.ckpt`` that later stages read.
   ``best.ckpt`` is replaced only when the fit's best score is finite; ``running.json`` and ``resume/`` are removed.
   An interrupted or failed fit changes neither (the CLI refuses to start a fit over a recorded one without
@@ -25,6 +26,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from adagrpo.datamodules.cache import atomic_write_text
+from adagrpo.datamodules.resumable import validation_due
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class RunRecorder(Callback):
         self.record_dir = record_dir
         self.every_n_train_steps = every_n_train_steps
         self._last_resume_step = -1
+        self._deferred = False  # a periodic checkpoint due at a validation step, written at the next step
 
     def _folder(self, trainer: L.Trainer) -> Path:
         return Path(self.record_dir or os.environ.get("ADAGRPO_RECORD_DIR") or trainer.default_root_dir)
@@ -88,8 +91,16 @@ class RunRecorder(Callback):
                            batch_idx: int) -> None:
         n = self.every_n_train_steps
         step = trainer.global_step
-        if not n or trainer.fast_dev_run or step == 0 or step % n or step == self._last_resume_step:
+        if not n or trainer.fast_dev_run or step == 0 or step == self._last_resume_step:
             return
+        if step % n and not self._deferred:
+            return
+        if not self._deferred and validation_due(trainer):
+            # Lightning resumes a checkpoint written here after the validation that follows this step, without
+            # running it: its score, best checkpoint and early-stopping count would be lost. Write it one step later.
+            self._deferred = True
+            return
+        self._deferred = False
         self._last_resume_step = step
         self.save_resume_checkpoint(trainer)
 

@@ -111,3 +111,13 @@ def restore_loader_position(trainer) -> bool:  # noqa: ANN001 — a lightning.Tr
     fit_loop._combined_loader_states_to_load = []
     iter(fetcher)  # a new iterator (and its prefetched batch) from the restored position
     return True
+
+
+def validation_due(trainer) -> bool:  # noqa: ANN001 — a lightning.Trainer
+    """Whether Lightning validates after the training batch that has just ended (asked from ``on_train_batch_end``).
+
+    A fit resumed from a checkpoint written at such a step does not run that validation (Lightning counts it as
+    done), so a periodic checkpoint is better written after it (:class:`~adagrpo.callbacks.RunRecorder`)."""
+    if not trainer.enable_validation:
+        return False
+    return bool(trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))

@@ -612,6 +612,7 @@ class GRPOModule(PolicyModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         states = (checkpoint.get(CKPT_KEY) or {}).get("gates", {})
+        self._logged_kl0 = self._logged_kl0 or bool(checkpoint.get("global_step"))  # a resumed fit logged it
         rng = (checkpoint.get(CKPT_KEY) or {}).get("rollout_rng")
         if rng is not None:
             self._rollout_generator, self._rollout_rng_state = None, rng
