@@ -155,31 +155,36 @@ VARIANTS = {  # arm -> (config, overrides appended to the run's arguments)
     "lambda1_rp0": ("grpo_fixed_1.0", ["--model.init_args.repeat_penalty", "0"]),
     "lambda1_noseen": ("grpo_fixed_1.0", ["--model.init_args.exclude_seen", "true"]),
     "adagrpo_rp0": ("adagrpo", ["--model.init_args.repeat_penalty", "0"]),
+    "lambda1_rerun": ("grpo_fixed_1.0", []),  # the map's λ = 1 run again (only its name differs): see plan_repeat
 }
 REPEAT_CELLS = ["uniform-large", "trained"]
 REPEAT_ARMS = ["lambda1_rp0", "lambda1_noseen"]
 REPEAT_OPTIONAL = ["adagrpo_rp0"]  # queued after every seed of the required arms
 REPRO = f"repro-{CONTROL}"  # the control rerun whose metrics must equal the committed control's (pairing check)
+L1_RERUN = "lambda1_rerun"
 
 
 def plan_repeat(seeds: list[int], steps: int, test_users: int, cells: list[str], runs: Path,
-                optional: bool = True) -> list[Stage]:
+                optional: bool = True, rerun: bool = False) -> list[Stage]:
     """Addendum 3, seed by seed (so a run cut short leaves complete pairs): SFT, the control rerun of the first seed
     (the reproduction check), the new arms in the oracle-noise cells, the reward model, the new arms in *trained*;
     then, if ``optional``, AdaGRPO without the repeat penalty for every seed. The SFT, reward and map stages are the
-    map's own (same keys), so finished ones are reused."""
+    map's own (same keys), so finished ones are reused. ``rerun`` (when the check fails): the control of every seed
+    and λ = 1 in every cell are rerun too (``repro-continue_sft-s<s>``, ``<cell>-lambda1_rerun-s<s>``), before the
+    new arms of their seed and cell, and the new arms are paired with those reruns."""
     stages: list[Stage] = []
     cells = [c for c in REPEAT_CELLS if c in cells] + [c for c in cells if c not in REPEAT_CELLS]
     for i, s in enumerate(seeds):
         stages.append(sft_stage(s))
-        if i == 0:
+        if i == 0 or rerun:
             repro = rl_stage(s, "clean", CONTROL, steps, test_users, runs, name=f"{REPRO}-s{s}")
             repro.info.update(cell="repro", arm=REPRO)
             stages.append(repro)
         for cell in cells:
             if CELLS[cell][1] == "trained":
                 stages.append(reward_stage(s))
-            stages.extend(rl_stage(s, cell, arm, steps, test_users, runs) for arm in REPEAT_ARMS)
+            arms = [L1_RERUN, *REPEAT_ARMS] if rerun else REPEAT_ARMS
+            stages.extend(rl_stage(s, cell, arm, steps, test_users, runs) for arm in arms)
     if optional:
         for s in seeds:
             stages.extend(rl_stage(s, cell, arm, steps, test_users, runs) for cell in cells for arm in REPEAT_OPTIONAL)
@@ -554,65 +559,78 @@ REPEAT_METRICS = [("test_last/true/utility_10", "true utility@10"), ("test_last/
 LAMBDA1 = "grpo_fixed_1.0"
 
 
-def repeat_report(results: list[dict], cells: list[str], seeds: list[int]) -> str:
-    """Addendum 3: the control rerun against the committed control, then per metric the new arms' seed means and
-    paired differences to the control and to λ = 1 (95 % t-intervals over seeds), then the pre-registered verdict."""
+def _repro_line(rerun: dict, committed: dict | None) -> tuple[str, bool]:
+    if committed is None:
+        return f"- {rerun['stage']}: no committed run to compare with", False
+    keys = sorted(k for k in rerun["metrics"] if k.startswith("test_last/"))
+    diffs = {k: abs(rerun["metrics"][k] - committed["metrics"].get(k, math.nan)) for k in keys}
+    worst = max(diffs, key=lambda k: diffs[k] if math.isfinite(diffs[k]) else math.inf)
+    ok = all(math.isfinite(d) and d <= 1e-5 for d in diffs.values())
+    shown = ", ".join(f"{k.replace('test_last/', '')} {committed['metrics'][k]:.4f} → {rerun['metrics'][k]:.4f}"
+                      for k, _ in REPEAT_METRICS[:4] if k in committed["metrics"] and k in rerun["metrics"])
+    return (f"- {rerun['stage']} vs {committed['stage']}: {len(keys)} metrics, largest |difference| "
+            f"{diffs[worst]:.2e} ({worst}): {'REPRODUCES' if ok else 'DOES NOT REPRODUCE'}; {shown}"), ok
+
+
+def repeat_report(results: list[dict], cells: list[str], seeds: list[int], pair_with: str | None = None) -> str:
+    """Addendum 3: the reruns against the committed runs, then per metric the new arms' seed means and paired
+    differences to the control and to λ = 1 (95 % t-intervals over seeds), then the pre-registered verdict.
+    ``pair_with``: ``committed`` (the map's control and λ = 1) or ``reruns`` (this checkout's reruns of them);
+    default, as pre-registered: the committed runs if every control rerun reproduces its committed run, else the
+    reruns."""
     fmt = lambda t: "–" if not t or not math.isfinite(t[0]) else (  # noqa: E731
         f"{t[0]:+.4f} [{t[1]:+.4f}, {t[2]:+.4f}]" if math.isfinite(t[1]) else f"{t[0]:+.4f} [n=1]")
-    lines = ["reproduction check (the control rerun in this checkout vs the committed control, test_last/*):"]
+    stage = {r["stage"]: r for r in results}
+    lines = ["reproduction check (reruns in this checkout vs the committed runs, every test_last/* metric):"]
+    control_ok = []
     for s in seeds:
-        rerun = next((r for r in results if r["stage"] == f"{REPRO}-s{s}"), None)
-        if rerun is None:
-            continue
-        committed = next((r for r in results if r["stage"] == f"{CONTROL}-s{s}"), None)
-        keys = sorted(k for k in rerun["metrics"] if k.startswith("test_last/"))
-        if committed is None:
-            lines.append(f"- seed {s}: no committed control")
-            continue
-        diffs = {k: abs(rerun["metrics"][k] - committed["metrics"].get(k, math.nan)) for k in keys}
-        worst = max(diffs, key=lambda k: diffs[k] if math.isfinite(diffs[k]) else math.inf)
-        ok = all(math.isfinite(d) and d <= 1e-5 for d in diffs.values())
-        lines.append(f"- seed {s}: {len(keys)} metrics, largest |difference| {diffs[worst]:.2e} ({worst}): "
-                     f"{'REPRODUCES' if ok else 'DOES NOT REPRODUCE'}; " + ", ".join(
-                         f"{k.replace('test_last/', '')} {committed['metrics'][k]:.4f} → {rerun['metrics'][k]:.4f}"
-                         for k, _ in REPEAT_METRICS[:4] if k in committed["metrics"] and k in rerun["metrics"]))
-    arms = [LAMBDA1, *REPEAT_ARMS, "adagrpo", *REPEAT_OPTIONAL]
+        if f"{REPRO}-s{s}" in stage:
+            line, ok = _repro_line(stage[f"{REPRO}-s{s}"], stage.get(f"{CONTROL}-s{s}"))
+            lines.append(line)
+            control_ok.append(ok)
+        for cell in cells:
+            if f"{cell}-{L1_RERUN}-s{s}" in stage:
+                lines.append(_repro_line(stage[f"{cell}-{L1_RERUN}-s{s}"], stage.get(f"{cell}-{LAMBDA1}-s{s}"))[0])
+    if pair_with is None:
+        pair_with = "committed" if control_ok and all(control_ok) else "reruns"
+    control_key, l1_arm = (("-", CONTROL), LAMBDA1) if pair_with == "committed" else (("repro", REPRO), L1_RERUN)
+    lines.append(f"pairing with the {pair_with} control and λ = 1 ({control_key[1]}, {l1_arm})")
+    arms = [l1_arm, *REPEAT_ARMS, "adagrpo", *REPEAT_OPTIONAL]
     for metric, label in REPEAT_METRICS:
-        control = _by_seed(results, "-", CONTROL, metric)
-        lines += ["", f"{label} ({metric}, final checkpoints); control mean {_mean(control.values()):.4f}", "",
+        control = _by_seed(results, *control_key, metric)
+        lines += ["", f"{label} ({metric}, final checkpoints); control mean {_mean(control.values()):.4f} "
+                  f"(seeds {sorted(control)})", "",
                   "| cell | arm | seeds | mean | − control (95 % CI) | − λ = 1 (95 % CI) |",
                   "|---|---|---|---|---|---|"]
         for cell in cells:
-            l1 = _by_seed(results, cell, LAMBDA1, metric)
+            l1 = _by_seed(results, cell, l1_arm, metric)
             for arm in arms:
                 values = _by_seed(results, cell, arm, metric)
                 if not values:
                     continue
-                vs_l1 = paired(values, l1) if arm != LAMBDA1 else None
+                vs_l1 = paired(values, l1) if arm != l1_arm else None
                 lines.append(f"| {cell} | {arm} | {len(values)} | {_mean(values.values()):.4f} | "
                              f"{fmt(paired(values, control))} | {fmt(vs_l1)} |")
     metric = REPEAT_METRICS[0][0]
-    control = _by_seed(results, "-", CONTROL, metric)
-    lines += ["", f"pre-registered reading on {REPEAT_METRICS[0][1]}:"]
+    control = _by_seed(results, *control_key, metric)
+    lines += ["", f"pre-registered reading on {REPEAT_METRICS[0][1]} (seeds with the arm, the control and λ = 1):"]
     for cell in cells:
-        l1 = _by_seed(results, cell, LAMBDA1, metric)
+        l1 = _by_seed(results, cell, l1_arm, metric)
         for arm in [*REPEAT_ARMS, *REPEAT_OPTIONAL]:
             values = _by_seed(results, cell, arm, metric)
-            if not values:
-                continue
             common = {s: values[s] for s in values if s in l1 and s in control}
             if not common:
                 continue
             verdict = repeat_verdict(paired(common, control), paired({s: l1[s] for s in common}, control),
                                      paired(common, l1), len(common))
-            lines.append(f"- {cell} / {arm}: {verdict}")
+            lines.append(f"- {cell} / {arm} (seeds {sorted(common)}): {verdict}")
     return "\n".join(lines)
 
 
 def stages_for(args: argparse.Namespace) -> list[Stage]:
     if args.study == "repeat":
         stages = plan_repeat(args.seeds, args.steps, args.test_users, args.cells or REPEAT_CELLS, args.runs,
-                             optional=not args.no_optional)
+                             optional=not args.no_optional, rerun=args.rerun)
     else:
         stages = plan(args.seeds, args.steps, args.test_users, args.cells or list(CELLS), args.runs)
     return [st for st in stages if args.only == "all" or st.kind == "sft"]
@@ -629,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", choices=["map", "repeat"], default="map",
                         help="the map, or addendum 3 (λ = 1 without the repeat penalty / with seen items excluded)")
     parser.add_argument("--no-optional", action="store_true", help="repeat: leave out AdaGRPO without the penalty")
+    parser.add_argument("--rerun", action="store_true",
+                        help="repeat: rerun the control and λ = 1 for every seed (when the reproduction check fails)")
+    parser.add_argument("--pair-with", choices=["committed", "reruns"], default=None,
+                        help="repeat report: default as pre-registered (committed if the control reruns reproduce)")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per RL run (B = 32 prompts × G = 16)")
     parser.add_argument("--test-users", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
@@ -663,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.study == "repeat":
         results = [r for r in load_results() if r.get("arm")]
-        print(repeat_report(results, args.cells or REPEAT_CELLS, args.seeds))
+        print(repeat_report(results, args.cells or REPEAT_CELLS, args.seeds, args.pair_with))
         return 0
     out = RESULTS
     texts = [report(m, out) for m in (args.metric or ["test_last/true/hr_10", "test_last/filtered/true/hr_10"])]
@@ -681,6 +703,8 @@ def _worker_main(argv: list[str]) -> None:
     parser.add_argument("--cells", nargs="+", default=None)
     parser.add_argument("--study", default="map")
     parser.add_argument("--no-optional", action="store_true")
+    parser.add_argument("--rerun", action="store_true")
+    parser.add_argument("--pair-with", default=None)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--test-users", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)

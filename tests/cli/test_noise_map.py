@@ -132,11 +132,44 @@ def test_repeat_report_pairs_with_the_control_and_lambda1_and_checks_the_rerun_c
     rows += [row(f"c-lambda1_rp0-s{s}", "c", "lambda1_rp0", s, 0.44 + 0.01 * s + 0.001 * s) for s in range(3)]
     rows.append(row("repro-continue_sft-s0", "repro", "repro-continue_sft", 0, 0.44))
     text = nm.repeat_report(rows, ["c"], [0, 1, 2])
-    assert "seed 0: 1 metrics, largest |difference| 0.00e+00" in text and "REPRODUCES" in text
+    assert "repro-continue_sft-s0 vs continue_sft-s0: 1 metrics, largest |difference| 0.00e+00" in text
+    assert "REPRODUCES" in text and "pairing with the committed" in text
     # λ = 1 − control: 0.04, 0.041, 0.044; rp0 − control: 0, 0.001, 0.002; rp0 − λ = 1: −0.04, −0.04, −0.042
     assert "| c | lambda1_rp0 | 3 | 0.4510 | +0.0010 [" in text
     mean, lo, hi = nm.t_interval([-0.04, -0.04, -0.042])
     assert f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" in text
-    assert "- c / lambda1_rp0: keeps little of λ = 1's gain" in text
+    assert "- c / lambda1_rp0 (seeds [0, 1, 2]): keeps little of λ = 1's gain" in text
     rows[-1]["metrics"][m] = 0.45
     assert "DOES NOT REPRODUCE" in nm.repeat_report(rows, ["c"], [0, 1, 2])
+
+
+def test_repeat_plan_with_reruns_reruns_the_control_and_lambda1_of_every_seed_before_the_new_arms(tmp_path):
+    plain = {st.name: st.key() for st in nm.plan_repeat([0, 1], 10, 50, ["uniform-large", "trained"], tmp_path)}
+    stages = nm.plan_repeat([0, 1], 10, 50, ["uniform-large", "trained"], tmp_path, optional=False, rerun=True)
+    names = [st.name for st in stages]
+    assert all(plain[st.name] == st.key() for st in stages if st.name in plain)  # finished stages stay reusable
+    for s in (0, 1):
+        assert f"repro-continue_sft-s{s}" in names
+        for cell in ("uniform-large", "trained"):
+            rerun = stages[names.index(f"{cell}-lambda1_rerun-s{s}")]
+            assert names.index(rerun.name) < names.index(f"{cell}-lambda1_rp0-s{s}")
+            old = nm.rl_stage(s, cell, "grpo_fixed_1.0", 10, 50, tmp_path)
+            assert [old.name if a == rerun.name else a for a in rerun.fit] == old.fit
+    assert names.index("trained-lambda1_noseen-s0") < names.index("sft-biased-s1")
+
+
+def test_repeat_report_pairs_with_the_reruns_when_the_control_does_not_reproduce():
+    m = "test_last/true/utility_10"
+    row = lambda stage, cell, arm, s, v: {"stage": stage, "cell": cell, "arm": arm, "seed": s,  # noqa: E731
+                                         "metrics": {m: v}}
+    rows = [row(f"continue_sft-s{s}", "-", "continue_sft", s, 0.40) for s in range(3)]
+    rows += [row(f"c-grpo_fixed_1.0-s{s}", "c", "grpo_fixed_1.0", s, 0.50) for s in range(3)]
+    rows += [row(f"repro-continue_sft-s{s}", "repro", "repro-continue_sft", s, 0.45 + 0.001 * s) for s in range(3)]
+    rows += [row(f"c-lambda1_rerun-s{s}", "c", "lambda1_rerun", s, 0.47 + 0.002 * s) for s in range(3)]
+    rows += [row(f"c-lambda1_rp0-s{s}", "c", "lambda1_rp0", s, 0.46 + 0.001 * s * s) for s in range(3)]
+    text = nm.repeat_report(rows, ["c"], [0, 1, 2])
+    assert text.count("DOES NOT REPRODUCE") == 6  # three controls and three λ = 1 reruns
+    assert "pairing with the reruns control and λ = 1" in text
+    mean, lo, hi = nm.t_interval([0.01, 0.01, 0.012])  # rp0 − rerun control
+    assert f"| c | lambda1_rp0 | 3 | {(0.46 * 3 + 0.005) / 3:.4f} | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |" in text
+    assert "pairing with the committed" in nm.repeat_report(rows, ["c"], [0, 1, 2], pair_with="committed")
