@@ -595,7 +595,8 @@ def repeat_report(results: list[dict], cells: list[str], seeds: list[int], pair_
         pair_with = "committed" if control_ok and all(control_ok) else "reruns"
     control_key, l1_arm = (("-", CONTROL), LAMBDA1) if pair_with == "committed" else (("repro", REPRO), L1_RERUN)
     lines.append(f"pairing with the {pair_with} control and λ = 1 ({control_key[1]}, {l1_arm})")
-    arms = [l1_arm, *REPEAT_ARMS, "adagrpo", *REPEAT_OPTIONAL]
+    # AdaGRPO (the map's, for comparison) only beside the committed runs: it started from the committed SFT policies.
+    arms = [l1_arm, *REPEAT_ARMS, *REPEAT_OPTIONAL] + (["adagrpo"] if pair_with == "committed" else [])
     for metric, label in REPEAT_METRICS:
         control = _by_seed(results, *control_key, metric)
         lines += ["", f"{label} ({metric}, final checkpoints); control mean {_mean(control.values()):.4f} "

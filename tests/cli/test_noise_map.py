@@ -167,9 +167,11 @@ def test_repeat_report_pairs_with_the_reruns_when_the_control_does_not_reproduce
     rows += [row(f"repro-continue_sft-s{s}", "repro", "repro-continue_sft", s, 0.45 + 0.001 * s) for s in range(3)]
     rows += [row(f"c-lambda1_rerun-s{s}", "c", "lambda1_rerun", s, 0.47 + 0.002 * s) for s in range(3)]
     rows += [row(f"c-lambda1_rp0-s{s}", "c", "lambda1_rp0", s, 0.46 + 0.001 * s * s) for s in range(3)]
+    rows += [row(f"c-adagrpo-s{s}", "c", "adagrpo", s, 0.42) for s in range(3)]
     text = nm.repeat_report(rows, ["c"], [0, 1, 2])
     assert text.count("DOES NOT REPRODUCE") == 6  # three controls and three λ = 1 reruns
     assert "pairing with the reruns control and λ = 1" in text
     mean, lo, hi = nm.t_interval([0.01, 0.01, 0.012])  # rp0 − rerun control
     assert f"| c | lambda1_rp0 | 3 | {(0.46 * 3 + 0.005) / 3:.4f} | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |" in text
+    assert "| c | adagrpo |" not in text  # the map's AdaGRPO started from the committed SFT: not paired with reruns
     assert "pairing with the committed" in nm.repeat_report(rows, ["c"], [0, 1, 2], pair_with="committed")
