@@ -231,9 +231,12 @@ def cmd_ablate(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--force", action="store_true")
-    parser.add_argument("--print", dest="print_only", action="store_true")
+    parser.add_argument("--print", dest="print_only", action="store_true",
+                        help="print the grid as shell lines instead of running it (e.g. for a cluster scheduler): "
+                        "each line names an MLflow parent run created now (status SCHEDULED) and its store, so the "
+                        "runs nest under it; the last line ends it")
     args, overrides = parser.parse_known_args(argv)
-    from adagrpo.experiments import Stage, ablation_run, adagrpo_command, run_pipeline
+    from adagrpo.experiments import Stage, ablation_run, run_pipeline
 
     stages = []
     for cfg in args.config:
@@ -242,11 +245,9 @@ def cmd_ablate(argv: list[str]) -> int:
             seeded = ["--seed_everything", str(seed), "--data.init_args.seed", str(seed)]  # init and data order
             stages.append(Stage(f"{name}-s{seed}", Path(cfg).resolve(), [*seeded, *overrides], test_last=True))
     if args.print_only:
-        for st in stages:
-            base = ["--config", str(st.config), "--experiment", args.experiment, "--run_name", st.run_name]
-            for sub, extra in (("fit", []), ("test", []), ("test", ["--checkpoint", "last"])):
-                print(" ".join(adagrpo_command([sub, *base, *extra, *st.overrides])[1:]))
-        print(f"python -m adagrpo compare --experiment {args.experiment}")
+        from adagrpo.experiments import ablation_script
+
+        print("\n".join(ablation_script(args.experiment, stages, args.config, args.seeds, overrides)))
         return 0
     with ablation_run(args.experiment, args.config, args.seeds, overrides) as parent:
         print(f"MLflow parent run {parent} (experiment {args.experiment}): every run of this ablation nests under it",

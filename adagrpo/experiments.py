@@ -83,6 +83,20 @@ def run_command(cmd: list[str], env: dict[str, str], log_path: Path, echo: bool 
         raise RuntimeError(f"stage command failed with exit code {code}: {shlex.join(cmd)}\n{tail}")
 
 
+STEP_TITLES = {"fit": "fit", "test": "test (best checkpoint)", "test_last": "test (final checkpoint)"}
+
+
+def stage_commands(experiment: str, stage: Stage, force: bool = False) -> list[tuple[str, list[str]]]:
+    """A stage's ``adagrpo`` commands, each with its log's name: ``fit`` (with ``--force`` when the pipeline decided
+    to refit it), ``test`` of the best checkpoint and, with ``test_last``, of the last."""
+    base = ["--config", str(stage.config), "--experiment", experiment, "--run_name", stage.run_name]
+    out = [("fit", ["fit", *base, *(["--force"] if force else []), *stage.overrides]),
+           ("test", ["test", *base, *stage.overrides])]
+    if stage.test_last:
+        out.append(("test_last", ["test", *base, "--checkpoint", "last", *stage.overrides]))
+    return out
+
+
 def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs_root: Path = Path("runs"),
                  echo: bool = True, titles: dict[str, str] | None = None,
                  after: dict[str, Callable[[], None]] | None = None) -> dict[str, dict]:
@@ -107,16 +121,10 @@ def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs
                     after[stage.run_name]()
                 continue
         start = time.perf_counter()
-        base = ["--config", str(stage.config), "--experiment", experiment, "--run_name", stage.run_name]
-        print(f"\n[{stage.run_name}] fit", flush=True)
         # The pipeline decided to (re)fit this stage: --force lets the fit replace its earlier record.
-        run_command(adagrpo_command(["fit", *base, "--force", *stage.overrides]), stage.env, folder / "fit.log", echo)
-        print(f"[{stage.run_name}] test (best checkpoint)", flush=True)
-        run_command(adagrpo_command(["test", *base, *stage.overrides]), stage.env, folder / "test.log", echo)
-        if stage.test_last:
-            print(f"[{stage.run_name}] test (final checkpoint)", flush=True)
-            run_command(adagrpo_command(["test", *base, "--checkpoint", "last", *stage.overrides]), stage.env,
-                        folder / "test_last.log", echo)
+        for name, args in stage_commands(experiment, stage, force=True):
+            print(("\n" if name == "fit" else "") + f"[{stage.run_name}] {STEP_TITLES[name]}", flush=True)
+            run_command(adagrpo_command(args), stage.env, folder / f"{name}.log", echo)
         record = json.loads((folder / "latest.json").read_text())
         record.update({"key": key, "seconds": round(time.perf_counter() - start, 1)})
         atomic_write_text(done, json.dumps(record, indent=2))
@@ -127,29 +135,40 @@ def run_pipeline(experiment: str, stages: list[Stage], force: bool = False, runs
     return records
 
 
-@contextlib.contextmanager
-def ablation_run(experiment: str, configs: list[str], seeds: list[int], overrides: list[str],
-                 tracking_uri: str | None = None) -> Iterator[str]:
-    """An MLflow parent run for ``adagrpo ablate`` (``adagrpo.kind = ablation``; its grid as params). While it is
-    open, :data:`~adagrpo.run_config.PARENT_RUN_ENV` names it, so the stages' fits (subprocesses) and the
-    comparison nest under it in the MLflow UI. Ends FINISHED, or FAILED if the pipeline raises."""
+def open_ablation_run(experiment: str, configs: list[str], seeds: list[int], overrides: list[str],
+                      tracking_uri: str | None = None, tags: dict[str, str] | None = None):  # noqa: ANN201
+    """Create the MLflow parent run of an ablation (``adagrpo.kind = ablation``; its grid as params) in the store
+    at ``tracking_uri`` (default: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``); returns the client and
+    the run id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     from adagrpo.compare import tracking_uri_default
     from adagrpo.mlflow_store import ensure_store
-    from adagrpo.run_config import PARENT_RUN_ENV, TAG_KIND
+    from adagrpo.run_config import TAG_KIND
 
     uri = tracking_uri or tracking_uri_default()
     ensure_store(uri, experiment)  # a SQLite store shared with the stages' fits: created once, under a lock
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name="ablation", tags={TAG_KIND: "ablation"})
+    run = client.create_run(exp_id, run_name="ablation", tags={TAG_KIND: "ablation", **(tags or {})})
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param("configs", json.dumps([Path(c).stem for c in configs])[:500]),
                                      Param("seeds", json.dumps(seeds)),
                                      Param("overrides", shlex.join(overrides)[:500])])
+    return client, run_id
+
+
+@contextlib.contextmanager
+def ablation_run(experiment: str, configs: list[str], seeds: list[int], overrides: list[str],
+                 tracking_uri: str | None = None) -> Iterator[str]:
+    """An MLflow parent run for ``adagrpo ablate`` (:func:`open_ablation_run`). While it is open,
+    :data:`~adagrpo.run_config.PARENT_RUN_ENV` names it, so the stages' fits (subprocesses) and the comparison nest
+    under it in the MLflow UI. Ends FINISHED, or FAILED if the pipeline raises."""
+    from adagrpo.run_config import PARENT_RUN_ENV
+
+    client, run_id = open_ablation_run(experiment, configs, seeds, overrides, tracking_uri)
     previous = os.environ.get(PARENT_RUN_ENV)
     os.environ[PARENT_RUN_ENV] = run_id
     status = "FAILED"
@@ -162,6 +181,37 @@ def ablation_run(experiment: str, configs: list[str], seeds: list[int], override
         else:
             os.environ[PARENT_RUN_ENV] = previous
         client.set_terminated(run_id, status)
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A ``sqlite:///relative.db`` URI with its file made absolute (the same store from any working directory);
+    other URIs as they are."""
+    from adagrpo.mlflow_store import sqlite_path
+
+    db = sqlite_path(uri)
+    return f"sqlite:///{db.resolve()}" if db is not None and not db.is_absolute() else uri
+
+
+def ablation_script(experiment: str, stages: list[Stage], configs: list[str], seeds: list[int],
+                    overrides: list[str], tracking_uri: str | None = None) -> list[str]:
+    """``adagrpo ablate --print``: the ablation as shell lines whose runs nest under an MLflow parent run, as
+    ``adagrpo ablate``'s own do. The parent run is created now (status SCHEDULED, tag ``adagrpo.printed``). Each
+    line sets :data:`~adagrpo.run_config.PARENT_RUN_ENV` to its id and ``MLFLOW_TRACKING_URI`` to its store (a
+    SQLite path made absolute), so a line runs the same from any directory or as a scheduler's job on its own: every
+    stage's fit and tests, the comparison, and last the line that ends the parent run."""
+    from adagrpo.compare import tracking_uri_default
+    from adagrpo.run_config import PARENT_RUN_ENV
+
+    uri = absolute_tracking_uri(tracking_uri or tracking_uri_default())
+    client, run_id = open_ablation_run(experiment, configs, seeds, overrides, uri, tags={"adagrpo.printed": "true"})
+    client.update_run(run_id, status="SCHEDULED")
+    env = f"MLFLOW_TRACKING_URI={shlex.quote(uri)} {PARENT_RUN_ENV}={run_id} "  # assignments: names unquoted
+    python = ["python", "-m", "adagrpo"]
+    end = f'import mlflow; mlflow.MlflowClient().set_terminated("{run_id}")'
+    return [f"# MLflow parent run {run_id} (experiment {experiment}, store {uri}): every run below nests under it",
+            *(env + shlex.join([*python, *args]) for st in stages for _, args in stage_commands(experiment, st)),
+            env + shlex.join([*python, "compare", "--experiment", experiment]),
+            env + shlex.join(["python", "-c", end]) + "  # ends the parent run"]
 
 
 #: The quickstart's reward: the world's true utility plus fixed noise σ = 0.3 on a fixed half of the users (0.03 on

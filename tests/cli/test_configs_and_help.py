@@ -301,3 +301,88 @@ def test_fragments_parse_against_their_class(rel, isolated, capsys):
     cfg = parser.parse_args(["--fragment", str(ROOT / rel)])
     parsed_module, _, parsed_name = cfg.fragment.class_path.rpartition(".")
     assert getattr(importlib.import_module(parsed_module), parsed_name) is cls
+
+
+TINY_SFT = ["--model.init_args.policy", "configs/model/policy_tiny.yaml",
+            "--data.init_args.source.init_args.num_users", "120", "--data.init_args.source.init_args.num_items", "80",
+            "--data.init_args.max_eval_samples", "20", "--data.init_args.max_test_samples", "20",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.enable_progress_bar", "false"]
+
+
+def test_ablate_print_lines_nest_under_a_parent_run(isolated, monkeypatch, capsys):
+    """`adagrpo ablate --print` prints lines that, run as printed (here from another directory), log their runs
+    under the MLflow parent run it opened, into the same store, and end that run."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from adagrpo.run_config import PARENT_RUN_ENV
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, sqlite:///mlflow.db, here
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    monkeypatch.setenv("ADAGRPO_RUNS", str(isolated / "runs"))
+    assert main(["ablate", "--config", "configs/experiments/sft.yaml", "--seeds", "5", "--experiment", "grid",
+                 "--print", *TINY_SFT]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("# MLflow parent run ") and lines[-1].endswith("# ends the parent run")
+    commands = [shlex.split(ln, comments=True) for ln in lines[1:]]
+    envs = [dict(w.split("=", 1) for w in c[:2]) for c in commands]
+    assert all(e == envs[0] for e in envs) and set(envs[0]) == {"MLFLOW_TRACKING_URI", PARENT_RUN_ENV}
+    uri, parent = envs[0]["MLFLOW_TRACKING_URI"], envs[0][PARENT_RUN_ENV]
+    assert uri == f"sqlite:///{(isolated / 'mlflow.db').resolve()}"
+    client = MlflowClient(tracking_uri=uri)
+    scheduled = client.get_run(parent)
+    assert scheduled.info.status == "SCHEDULED" and scheduled.data.tags["adagrpo.kind"] == "ablation"
+    assert PARENT_RUN_ENV not in os.environ  # printing opened the run but set nothing here
+    runs = [c[2:] for c in commands if c[2:5] == ["python", "-m", "adagrpo"]]
+    assert [c[3] for c in runs] == ["fit", "test", "test", "compare"] and len(runs) == len(commands) - 1
+    elsewhere = isolated / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for key, value in envs[0].items():
+        monkeypatch.setenv(key, value)
+    for command in runs:
+        assert main(command[3:]) in (0, None), command
+    end = commands[-1][2:]
+    assert end[:2] == ["python", "-c"]
+    subprocess.run([sys.executable, *end[1:]], check=True, env={**os.environ})
+    assert not (elsewhere / "mlflow.db").exists()
+    exp = client.get_experiment_by_name("grid")
+    (fit,) = client.search_runs([exp.experiment_id], filter_string="tags.variant = 'sft' and tags.seed = '5'")
+    assert fit.data.tags["mlflow.parentRunId"] == parent and "test_last/hr_10" in fit.data.metrics
+    (report,) = client.search_runs([exp.experiment_id], filter_string="tags.`adagrpo.kind` = 'comparison'")
+    assert report.data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_pipeline_runs_a_stage_once_keyed_by_its_config_chain(isolated, monkeypatch, capsys):
+    """`quickstart`/`ablate` stages: a forced fit, a test and a test of the last checkpoint, each with its own log
+    (run in-process here instead of as subprocesses); a rerun with the same inputs reuses the stage. The key
+    covers a variant's base: chain."""
+    from adagrpo import experiments
+    from adagrpo.experiments import Stage, run_pipeline, stage_key
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{isolated / 'mlflow.db'}")
+    exp_dir = ROOT / "experiments"
+    variant = Stage("grpo_fixed_0.1", exp_dir / "grpo_fixed_0.1.yaml")
+    assert (exp_dir / "rl_base.yaml").resolve() in variant.files()
+    assert stage_key(variant, {}) != stage_key(Stage("grpo_fixed_0.3", exp_dir / "grpo_fixed_0.3.yaml"), {})
+    ran = []
+
+    def in_process(cmd: list[str], env: dict, log_path: Path, echo: bool = True) -> None:
+        assert cmd[1:3] == ["-m", "adagrpo"]
+        ran.append((cmd[3], log_path.name, "--force" in cmd, "last" in cmd))
+        assert main(cmd[3:]) in (0, None), cmd
+
+    monkeypatch.setattr(experiments, "run_command", in_process)
+    stage = Stage("sft", exp_dir / "sft.yaml", [*TINY_SFT, "--seed_everything", "3"], test_last=True)
+    first = run_pipeline("pipe", [stage], echo=False)["sft"]
+    assert ran == [("fit", "fit.log", True, False), ("test", "test.log", False, False),
+                   ("test", "test_last.log", False, True)]
+    assert first["key"] == stage_key(stage, {}) and Path(first["best_copy"]).is_file()
+    capsys.readouterr()
+    assert run_pipeline("pipe", [stage], echo=False)["sft"]["key"] == first["key"] and len(ran) == 3
+    assert "[sft] up to date" in capsys.readouterr().out
