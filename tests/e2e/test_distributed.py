@@ -231,11 +231,11 @@ def test_sft_trajectory_matches_single_process(root, sft_runs, strategy):
 
 def last_state(root: Path, run_name: str, steps: int) -> dict:
     """The full state dict of a run's last checkpoint, which must be one file written after ``steps`` steps."""
-    import torch
+    from adagrpo.lightning_modules.checkpoint_io import load_checkpoint
 
     last = Path(record(root, run_name)["last"])
     assert last.is_file(), f"{run_name}: last checkpoint {last} is not a single file"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(last)
     assert ckpt["global_step"] == steps, (run_name, ckpt["global_step"])
     return ckpt["state_dict"]
 
