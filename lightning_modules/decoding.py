@@ -14,6 +14,14 @@ values are computed once, with gradients, and shared by the group.
 All generation settings are explicit arguments (:class:`DecodingConfig`); nothing is read from a
 model's ``generation_config``.
 
+**Prompt groups (no wasted padding).** Prompts arrive left-padded to the data's full history width, most of it
+padding when histories are short. :func:`prompt_groups` sorts a batch's rows by real prompt length and splits
+them into a few groups, each encoded in its own model call with the columns that are padding in all its rows cut;
+the split minimises the tokens encoded plus a per-call cost (:data:`SPLIT_CALL_COST`), so a batch of similar
+lengths stays one call. :meth:`DecodingEngine.generate` and :func:`candidate_logits` do this by default and return
+rows in the batch's order; a row's result does not depend on the group it lands in (beyond float rounding).
+A sharded (FSDP2) model is never split (every rank must make the same calls): only all-padding columns are cut.
+
 **Seen-item exclusion.** ``generate(..., exclude=history)`` never returns an item listed in a row's
 ``exclude`` (e.g. the user's history ``[B, H]``, -1 padded). It is exact and has no dead ends: a
 prefix stays allowed only while at least one catalogue item below it is not excluded, so a beam never
@@ -39,6 +47,7 @@ from torch import nn
 
 from adagrpo.datamodules.semantic_ids import SidVocab
 from adagrpo.datamodules.trie import CatalogTrie
+from adagrpo.lightning_modules.sharding import is_sharded
 
 
 @dataclass
@@ -127,6 +136,74 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.float32
+
+
+#: what one more model call costs, in prompt tokens encoded, when :func:`prompt_groups` splits a batch: on the CPU
+#: a forward (+ backward) of a 4-layer, 256-wide policy costs about as much per call as 50-80 tokens (measured at
+#: one thread); devices not listed are never split (on a GPU a call costs more than a batch's padding).
+SPLIT_CALL_COST: dict[str, float] = {"cpu": 64.0}
+
+
+@dataclass
+class PromptGroups:
+    """A batch's rows in groups encoded one model call each: ``rows[i]`` (row indices, ascending; None = every row)
+    with the prompt columns before ``start[i]`` cut (padding in every row of the group)."""
+
+    rows: list[torch.Tensor | None]
+    start: list[int]
+
+    def select(self, i: int, x: torch.Tensor, columns: bool = False) -> torch.Tensor:
+        """Group ``i``'s rows of ``x`` (``[B, ...]``); with ``columns``, also its prompt columns (``x [B, P]``)."""
+        rows = self.rows[i]
+        out = x if rows is None else x[rows.to(x.device)]
+        return out[:, self.start[i]:] if columns else out
+
+    def restore(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The groups' results (``parts[i]``: ``[len(rows[i]), ...]``) in the batch's row order."""
+        if len(parts) == 1:
+            return parts[0]
+        order = torch.cat([r for r in self.rows]).to(parts[0].device)  # [B]
+        return torch.cat(parts)[torch.argsort(order)]
+
+
+def prompt_groups(prompt_mask: torch.Tensor, extra: int = 0, calls: int = 1, split: bool = True,
+                  call_cost: float | None = None) -> PromptGroups:
+    """Group the rows of a prompt batch ``prompt_mask [B, P]`` by prompt length.
+
+    A row needs its columns from its first real token on (left padding before it is cut). Rows sorted by that width
+    are split into contiguous groups minimising ``Σ_groups rows × (width + extra) + groups × calls × call_cost``:
+    ``extra`` tokens per row follow the prompt in each call (e.g. the candidates of :func:`candidate_logits`),
+    ``calls`` model calls run per group, ``call_cost`` defaults to :data:`SPLIT_CALL_COST` of the mask's device
+    (no split where it has none, nor with ``split`` False: then only the columns padded in every row are cut).
+    """
+    b, p = prompt_mask.shape
+    real = prompt_mask.bool()
+    first = torch.where(real.any(1), real.to(torch.int8).argmax(1), torch.full((b,), p - 1, device=real.device))
+    width = (p - first).cpu()  # [B] columns each row needs (at least 1)
+    if call_cost is None:
+        call_cost = SPLIT_CALL_COST.get(prompt_mask.device.type)
+    if not split or call_cost is None or b < 2:
+        return PromptGroups([None], [p - int(width.max())] if b else [0])
+    values, counts = torch.unique(width, return_counts=True)  # ascending distinct widths
+    values, cum = values.tolist(), [0] + counts.cumsum(0).tolist()
+    d, penalty = len(values), calls * call_cost
+    best, cut = [0.0] + [math.inf] * d, [0] * (d + 1)
+    for j in range(1, d + 1):  # best[j]: the first j distinct widths grouped; a group = distinct widths (i, j]
+        for i in range(j):
+            cost = best[i] + (cum[j] - cum[i]) * (values[j - 1] + extra) + penalty
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], d
+    while j > 0:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    if len(bounds) == 1:
+        return PromptGroups([None], [p - values[-1]])
+    rows, start = [], []
+    for i, j in reversed(bounds):
+        rows.append(torch.nonzero((width > (values[i - 1] if i else 0)) & (width <= values[j - 1])).flatten())
+        start.append(p - values[j - 1])
+    return PromptGroups(rows, start)
 
 
 @dataclass
@@ -274,13 +351,35 @@ class DecodingEngine:
         config: DecodingConfig,
         generator: torch.Generator | None = None,
         exclude: torch.Tensor | None = None,
+        groups: PromptGroups | None = None,
     ) -> Candidates:
         """Decode ``config.num_candidates`` SIDs for each of ``B`` left-padded prompts ``[B, P]``.
 
         ``exclude``: item ids never to return, ``[B, H]`` (e.g. ``batch.history``; -1 = padding), or
         ``[B, S, H]`` for ``S`` variants decoded from one prefill (an all -1 row = unfiltered); the
         candidates then have shape ``[B, S, K, ...]``. Works in every mode, constrained or not.
+        ``groups``: how the rows are split by prompt length (default :func:`prompt_groups`; sampled groups draw
+        from ``generator`` one after another).
         """
+        if groups is None:
+            groups = prompt_groups(prompt_mask, calls=self.depth, split=not is_sharded(model))
+        parts = [self._generate(model, groups.select(i, prompt_ids, True), groups.select(i, prompt_mask, True),
+                                groups.select(i, position_ids, True), config, generator,
+                                None if exclude is None else groups.select(i, exclude))
+                 for i in range(len(groups.rows))]
+        return Candidates(*(groups.restore([getattr(c, f) for c in parts])
+                            for f in ("tokens", "items", "valid", "scores", "logprobs")))
+
+    def _generate(
+        self,
+        model: nn.Module,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        config: DecodingConfig,
+        generator: torch.Generator | None,
+        exclude: torch.Tensor | None,
+    ) -> Candidates:
         self.to(prompt_ids.device)
         b, p = prompt_ids.shape
         k, depth = config.num_candidates, self.depth
@@ -394,8 +493,9 @@ def candidate_logits(
     prompt_mask: torch.Tensor,
     position_ids: torch.Tensor,
     candidates: torch.Tensor,
+    groups: PromptGroups | None = None,
 ) -> torch.Tensor:
-    """Logits that predict each token of ``G`` candidate SIDs per prompt, in one forward pass.
+    """Logits that predict each token of ``G`` candidate SIDs per prompt, in one forward pass per prompt group.
 
     The prompt ``[B, P]`` is encoded once and shared by its candidates (tree attention): the input
     is the prompt followed by every candidate's first ``L-1`` tokens, and candidate ``g``'s tokens see
@@ -403,10 +503,23 @@ def candidate_logits(
 
     Args:
         candidates: ``[B, G, L]`` token ids.
+        groups: how the rows are split by prompt length (default :func:`prompt_groups` with the candidates'
+            ``G·(L-1)`` tokens per row); pass the same groups to calls whose results should match bit for bit.
     Returns:
         ``[B, G, L, V]`` logits; ``[..., l, :]`` is the distribution of token ``l`` given the prompt and
         tokens ``< l`` of the same candidate.
     """
+    if groups is None:
+        _, g, depth = candidates.shape
+        groups = prompt_groups(prompt_mask, extra=g * (depth - 1), split=not is_sharded(model))
+    return groups.restore([_candidate_logits(model, groups.select(i, prompt_ids, True),
+                                             groups.select(i, prompt_mask, True),
+                                             groups.select(i, position_ids, True), groups.select(i, candidates))
+                           for i in range(len(groups.rows))])
+
+
+def _candidate_logits(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      position_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     b, p = prompt_ids.shape
     _, g, depth = candidates.shape
     dev = prompt_ids.device
