@@ -8,7 +8,9 @@ data whose SIDs differ fails at once with a message that names both, before any 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -22,16 +24,18 @@ from adagrpo.lightning_modules.decoding import DecodingEngine
 from adagrpo.lightning_modules.evaluation import Evaluator
 from adagrpo.lightning_modules.finite import FiniteSteps, NonFiniteTraining, nonfinite_parameters
 from adagrpo.lightning_modules.optim import build_optimizers
-from adagrpo.lightning_modules.policy import LlamaPolicy, PolicySpec
-from adagrpo.lightning_modules.sharding import gathered, shard_model
+from adagrpo.lightning_modules.policy import LlamaPolicy, PolicySpec, float32_attention, float32_output_layer
+from adagrpo.lightning_modules.sharding import gathered, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
 
 CKPT_KEY = "adagrpo"
+#: the values of ``train_dtype``
+TRAIN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 #: the non-finite counters (:class:`~adagrpo.lightning_modules.finite.FiniteGuard`) in a checkpoint
 FINITE_KEY = "adagrpo_nonfinite"
 
-__all__ = ["CKPT_KEY", "IncompatibleCheckpoint", "PolicyModule", "check_signature"]
+__all__ = ["CKPT_KEY", "TRAIN_DTYPES", "IncompatibleCheckpoint", "PolicyModule", "bf16_native_cpu", "check_signature"]
 
 
 class PolicyModule(FiniteSteps, L.LightningModule):
@@ -51,6 +55,13 @@ class PolicyModule(FiniteSteps, L.LightningModule):
             ``val/filtered/…`` beside the unfiltered metrics (the two share one prefill).
         test_filter_seen: in test, also rank with each user's history excluded from decoding and log
             ``<test_prefix>/filtered/…`` beside the unfiltered metrics (the two share one prefill).
+        train_dtype: ``float32``, or ``bfloat16`` to run the policy's training computation under autocast
+            (bfloat16 matmuls; float32 master weights, optimizer state, attention and losses; evaluation is
+            float32). What it covers is the subclass's to say (SFT: the training forward and backward; GRPO: the
+            rollouts, the reference pass and the policy forward and backward). It pays on CPUs with native
+            bfloat16 matmuls (AVX512-BF16 / AMX) and on GPUs; elsewhere a warning says it will be slower.
+        max_skipped_steps: optimizer steps in a row skipped for a NaN/inf loss or gradient norm after which the fit
+            stops with ``NonFiniteTraining`` (each skip is counted and logged as ``nonfinite/skipped_steps``).
     """
 
     def __init__(
@@ -65,8 +76,18 @@ class PolicyModule(FiniteSteps, L.LightningModule):
         test_prefix: str = "test",
         val_filter_seen: bool = True,
         test_filter_seen: bool = True,
+        train_dtype: Literal["float32", "bfloat16"] = "float32",
+        max_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
+        if train_dtype not in TRAIN_DTYPES:
+            raise ConfigError("model.init_args.train_dtype", f"must be float32 or bfloat16, got {train_dtype!r}")
+        if isinstance(max_skipped_steps, bool) or not isinstance(max_skipped_steps, int) or max_skipped_steps < 1:
+            raise ConfigError("model.init_args.max_skipped_steps",
+                              f"must be an integer >= 1, got {max_skipped_steps!r}")
+        self.train_dtype = train_dtype
+        self.max_skipped_steps = max_skipped_steps  # read by FiniteSteps.finite_guard
+        self._warned_bf16 = False
         self.test_prefix = test_prefix
         self.policy_spec = policy or LlamaPolicy()
         self.optimizer_factory = optimizer
@@ -79,6 +100,36 @@ class PolicyModule(FiniteSteps, L.LightningModule):
         self.test_filter_seen = test_filter_seen
         self.policy: nn.Module | None = None
         self.data: SeqRecDataModule | None = None
+
+    # ---------------------------------------------------------------------------- precision
+    def train_autocast(self, device: torch.device):  # noqa: ANN201
+        """Autocast to ``train_dtype`` on ``device`` (a no-op context for float32). Warns once when bfloat16 is asked
+        for on a CPU without native bfloat16 matmuls."""
+        dtype = TRAIN_DTYPES[self.train_dtype]
+        enabled = dtype != torch.float32
+        if enabled and device.type == "cpu" and not self._warned_bf16:
+            self._warned_bf16 = True
+            if not bf16_native_cpu():
+                log.warning("train_dtype bfloat16 on a CPU without native bfloat16 matmuls (no AVX512-BF16/AMX): "
+                            "expect it to be slower than float32")
+        return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+    @contextmanager
+    def training_precision(self, model: nn.Module) -> Iterator[None]:
+        """Within: whole-model calls of ``model`` (decoding, tree-attention scoring) run at ``train_dtype`` —
+        bfloat16 autocast with the attention (:func:`~adagrpo.lightning_modules.policy.float32_attention`) and, for
+        an unsharded model, the output layer (:func:`~adagrpo.lightning_modules.policy.float32_output_layer`) in
+        float32, so logits are float32. Nothing changes for float32."""
+        if self.train_dtype == "float32":
+            yield
+            return
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with ExitStack() as stack:
+            stack.enter_context(self.train_autocast(device))
+            stack.enter_context(float32_attention(model))
+            if not is_sharded(model):  # under FSDP2 the whole forward runs under autocast (as in SFT)
+                stack.enter_context(float32_output_layer(model))
+            yield
 
     # ---------------------------------------------------------------------------- data & model
     def attach(self, data: SeqRecDataModule) -> None:
@@ -235,6 +286,11 @@ class PolicyModule(FiniteSteps, L.LightningModule):
     # ---------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
         return build_optimizers(self, self.optimizer_factory, self.scheduler_factory)
+
+
+def bf16_native_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX, as oneDNN reports it)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def check_signature(saved: dict | None, current: dict, where: str) -> None:

@@ -168,9 +168,10 @@ class FiniteSteps:
     """Mixin for a LightningModule with automatic optimisation: NaN/inf gradients are dropped before the optimizer
     step (the step is then a no-op for every parameter and its optimizer state) and counted; ``max_skipped_steps``
     in a row stop the fit with :class:`NonFiniteTraining`. Manual-optimisation modules call
-    :func:`guarded_manual_step` instead."""
+    :func:`guarded_manual_step` instead. The policy modules take ``max_skipped_steps`` as a constructor argument
+    (:class:`~adagrpo.lightning_modules.base.PolicyModule`); others keep this class default."""
 
-    #: skipped steps in a row after which the fit stops
+    #: skipped steps in a row after which the fit stops (an instance value overrides it)
     max_skipped_steps: int = 10
 
     @property
@@ -179,6 +180,8 @@ class FiniteSteps:
         if guard is None:
             guard = FiniteGuard(self.max_skipped_steps)
             self.__dict__["_finite_guard"] = guard
+        elif guard.max_consecutive != self.max_skipped_steps:  # the limit was changed after the guard was made
+            guard.max_consecutive = FiniteGuard(self.max_skipped_steps).max_consecutive
         return guard
 
     def on_before_optimizer_step(self, optimizer) -> None:  # noqa: ANN001

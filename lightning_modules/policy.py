@@ -258,6 +258,36 @@ def float32_attention(model: nn.Module) -> Iterator[None]:
         config._attn_implementation = previous
 
 
+@contextmanager
+def float32_output_layer(model: nn.Module) -> Iterator[None]:
+    """Within: the model's output layer (``get_output_embeddings()``, a ``Linear``) computes in float32 with autocast
+    off, so that under bfloat16 autocast the logits — and every log-prob, ratio and KL read from them — are not
+    rounded to bfloat16 (the layer is a small part of a forward that keeps only a few positions' logits). Models
+    without a plain ``Linear`` output layer are left as they are."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        yield
+        return
+    previous = head.__dict__.get("forward")  # an instance-level forward (e.g. a hook wrapper) is kept and restored
+    inner = previous or type(head).forward.__get__(head)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return inner(x)
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(x.float(), head.weight.float(), bias)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
+
+
 def save_sid_tokenizer(folder: str, vocab: SidVocab) -> None:
     """Write a word-level tokenizer over ``<pad> <bos> <eos>`` + the SID tokens (the compact layout of a
     from-scratch policy), so an exported policy loads like any pretrained model (:class:`PretrainedPolicy`)."""

@@ -19,14 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from adagrpo.datamodules.sequence import TokenBatch
-from adagrpo.errors import ConfigError
-from adagrpo.lightning_modules.base import PolicyModule
+from adagrpo.lightning_modules.base import TRAIN_DTYPES, PolicyModule  # noqa: F401 (TRAIN_DTYPES: re-exported)
 from adagrpo.lightning_modules.policy import float32_attention
 from adagrpo.lightning_modules.sharding import is_sharded
 
 log = logging.getLogger(__name__)
-
-TRAIN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,28 +76,18 @@ class SFTModule(PolicyModule):
             (AVX512-BF16 / AMX) and on GPUs; the loss and gradients then differ from float32 by bfloat16
             rounding (relative gradient error about 5e-3 on policy_mini). The trainer's ``precision``
             is independent of it (``configs/trainer/gpu.yaml``'s ``bf16-mixed`` autocasts every stage).
-        **kwargs: :class:`PolicyModule`'s arguments (policy, optimizer, scheduler, beam width, metrics, filters).
+        **kwargs: :class:`PolicyModule`'s arguments (policy, optimizer, scheduler, beam width, metrics, filters,
+            ``max_skipped_steps``).
     """
 
     #: SFT trains on history windows (``configs/data/<name>.yaml``)
     required_train_mode = "sft"
 
     def __init__(self, train_dtype: Literal["float32", "bfloat16"] = "float32", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if train_dtype not in TRAIN_DTYPES:
-            raise ConfigError("model.init_args.train_dtype", f"must be float32 or bfloat16, got {train_dtype!r}")
-        self.train_dtype = train_dtype
-        self._warned_bf16 = False
+        super().__init__(train_dtype=train_dtype, **kwargs)  # checked (and the autocast made) by PolicyModule
 
     def _autocast(self, device: torch.device):  # noqa: ANN202
-        dtype = TRAIN_DTYPES[self.train_dtype]
-        enabled = dtype != torch.float32
-        if enabled and device.type == "cpu" and not self._warned_bf16:
-            self._warned_bf16 = True
-            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                log.warning("train_dtype bfloat16 on a CPU without native bfloat16 matmuls (no AVX512-BF16/AMX): "
-                            "expect it to be slower than float32")
-        return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+        return self.train_autocast(device)
 
     def sft_forward(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, labelled tokens)`` of one SFT batch (the training step's computation, without logging)."""
