@@ -160,9 +160,9 @@ class PromptGroups:
 
     def restore(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """The groups' results (``parts[i]``: ``[len(rows[i]), ...]``) in the batch's row order."""
-        if len(parts) == 1:
+        if len(parts) == 1 and self.rows[0] is None:
             return parts[0]
-        order = torch.cat([r for r in self.rows]).to(parts[0].device)  # [B]
+        order = torch.cat(list(self.rows)).to(parts[0].device)  # [B]
         return torch.cat(parts)[torch.argsort(order)]
 
 

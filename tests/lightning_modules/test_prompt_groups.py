@@ -36,6 +36,8 @@ def test_groups_cover_every_row_once_and_cut_only_padding():
     # restore() puts per-group results back in the batch's order
     tagged = groups.restore([r.float() * 10 for r in groups.rows])
     assert tagged.tolist() == [10.0 * i for i in range(len(PADS))]
+    one = PromptGroups([torch.tensor([2, 0, 1])], [0])  # a single group given in another order is put back too
+    assert one.restore([torch.tensor([20.0, 0.0, 10.0])]).tolist() == [0.0, 10.0, 20.0]
 
 
 def test_split_only_where_it_saves_more_than_the_calls_cost():
