@@ -224,14 +224,18 @@ def _plot(results: dict[str, dict]) -> None:
         for ax, key in zip(axes, ("val/hr_10", "val/ndcg_10")):
             pts = rec["history"].get(key, [])
             if pts:
-                ax.plot([m for _, m, _ in pts], [v for _, _, v in pts], marker="o", ms=3, label=name)
+                line, = ax.plot([m for _, m, _ in pts], [v for _, _, v in pts], marker="o", ms=3, label=name)
+                test = rec["test"].get(key.replace("val/", "test/"))
+                if test is not None:  # the tested (best) checkpoint's test value, at the end of its curve
+                    ax.plot([pts[-1][1]], [test], marker="*", ms=11, color=line.get_color(), ls="none")
     for ax, key, ref in zip(axes, ("HR@10", "NDCG@10"), (0.0648, 0.0384)):
-        ax.axhline(ref, color="grey", ls="--", lw=1, label="TIGER (published)")
+        ax.axhline(ref, color="grey", ls="--", lw=1, label="TIGER (published, test)")
+        ax.plot([], [], marker="*", ms=11, color="black", ls="none", label="test of the tested checkpoint")
         ax.set_xlabel("wall-clock minutes since the fit started")
-        ax.set_ylabel(f"validation {key}")
+        ax.set_ylabel(f"{key}: validation (lines), test (stars)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Beauty SFT: validation metrics against wall-clock (2-core CPU, see beauty_sft.md)", fontsize=10)
+    fig.suptitle("Beauty SFT: validation (user subsets) and test against wall-clock (2-core CPU)", fontsize=10)
     fig.savefig(RESULTS / "learning_curve.png", dpi=110)
     plt.close(fig)
 
