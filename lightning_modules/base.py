@@ -59,7 +59,8 @@ class PolicyModule(FiniteSteps, L.LightningModule):
             (bfloat16 matmuls; float32 master weights, optimizer state, attention and losses; evaluation is
             float32). What it covers is the subclass's to say (SFT: the training forward and backward; GRPO: the
             rollouts, the reference pass and the policy forward and backward). It pays on CPUs with native
-            bfloat16 matmuls (AVX512-BF16 / AMX) and on GPUs; elsewhere a warning says it will be slower.
+            bfloat16 matmuls (AVX512-BF16 / AMX) and on GPUs; elsewhere a warning says it will be slower. ``auto``:
+            bfloat16 where it is native on the training device, float32 elsewhere (the shipped SFT default).
         max_skipped_steps: optimizer steps in a row skipped for a NaN/inf loss or gradient norm after which the fit
             stops with ``NonFiniteTraining`` (each skip is counted and logged as ``nonfinite/skipped_steps``).
     """
@@ -76,12 +77,13 @@ class PolicyModule(FiniteSteps, L.LightningModule):
         test_prefix: str = "test",
         val_filter_seen: bool = True,
         test_filter_seen: bool = True,
-        train_dtype: Literal["float32", "bfloat16"] = "float32",
+        train_dtype: Literal["float32", "bfloat16", "auto"] = "float32",
         max_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
-        if train_dtype not in TRAIN_DTYPES:
-            raise ConfigError("model.init_args.train_dtype", f"must be float32 or bfloat16, got {train_dtype!r}")
+        if train_dtype not in (*TRAIN_DTYPES, "auto"):
+            raise ConfigError("model.init_args.train_dtype",
+                              f"must be float32, bfloat16 or auto, got {train_dtype!r}")
         if isinstance(max_skipped_steps, bool) or not isinstance(max_skipped_steps, int) or max_skipped_steps < 1:
             raise ConfigError("model.init_args.max_skipped_steps",
                               f"must be an integer >= 1, got {max_skipped_steps!r}")
@@ -102,10 +104,19 @@ class PolicyModule(FiniteSteps, L.LightningModule):
         self.data: SeqRecDataModule | None = None
 
     # ---------------------------------------------------------------------------- precision
+    def resolved_train_dtype(self, device: torch.device) -> str:
+        """``train_dtype`` on ``device``: ``auto`` is ``bfloat16`` where its matmuls are native (a CPU with
+        AVX512-BF16/AMX, a CUDA device that supports bfloat16) and ``float32`` elsewhere."""
+        if self.train_dtype != "auto":
+            return self.train_dtype
+        if device.type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        return "bfloat16" if device.type == "cpu" and bf16_native_cpu() else "float32"
+
     def train_autocast(self, device: torch.device):  # noqa: ANN201
         """Autocast to ``train_dtype`` on ``device`` (a no-op context for float32). Warns once when bfloat16 is asked
         for on a CPU without native bfloat16 matmuls."""
-        dtype = TRAIN_DTYPES[self.train_dtype]
+        dtype = TRAIN_DTYPES[self.resolved_train_dtype(device)]
         enabled = dtype != torch.float32
         if enabled and device.type == "cpu" and not self._warned_bf16:
             self._warned_bf16 = True
@@ -120,10 +131,10 @@ class PolicyModule(FiniteSteps, L.LightningModule):
         bfloat16 autocast with the attention (:func:`~adagrpo.lightning_modules.policy.float32_attention`) and, for
         an unsharded model, the output layer (:func:`~adagrpo.lightning_modules.policy.float32_output_layer`) in
         float32, so logits are float32. Nothing changes for float32."""
-        if self.train_dtype == "float32":
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if self.resolved_train_dtype(device) == "float32":
             yield
             return
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with ExitStack() as stack:
             stack.enter_context(self.train_autocast(device))
             stack.enter_context(float32_attention(model))

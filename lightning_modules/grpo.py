@@ -173,7 +173,8 @@ class GRPOModule(PolicyModule):
             attention, output layer (logits) and every log-prob, ratio, KL and loss; evaluation is float32. The
             old log-probs of the ratio are the first training pass's (same precision as later passes), never
             the rollout's, so the ratio is not biased by the precision. Pays on CPUs with native bfloat16 matmuls
-            (AVX512-BF16 / AMX) and on GPUs; elsewhere it is slower (a warning says so).
+            (AVX512-BF16 / AMX) and on GPUs; elsewhere it is slower (a warning says so). ``auto``: bfloat16 where
+            it is native on the training device, float32 elsewhere.
         max_skipped_steps: optimizer steps in a row skipped for a NaN/inf loss or gradient norm after which the fit
             stops with ``NonFiniteTraining`` (skips are counted and logged as ``nonfinite/skipped_steps``).
     """
@@ -218,7 +219,7 @@ class GRPOModule(PolicyModule):
         test_prefix: str = "test",
         val_filter_seen: bool = True,
         test_filter_seen: bool = True,
-        train_dtype: Literal["float32", "bfloat16"] = "float32",
+        train_dtype: Literal["float32", "bfloat16", "auto"] = "float32",
         max_skipped_steps: int = 10,
     ) -> None:
         super().__init__(policy=policy, optimizer=optimizer, scheduler=scheduler, beam_width=beam_width, ks=ks,

@@ -75,7 +75,8 @@ class SFTModule(PolicyModule):
             evaluation is float32). bfloat16 pays on CPUs with native bfloat16 matmuls
             (AVX512-BF16 / AMX) and on GPUs; the loss and gradients then differ from float32 by bfloat16
             rounding (relative gradient error about 5e-3 on policy_mini). The trainer's ``precision``
-            is independent of it (``configs/trainer/gpu.yaml``'s ``bf16-mixed`` autocasts every stage).
+            is independent of it (``configs/trainer/gpu.yaml``'s ``bf16-mixed`` autocasts every stage). ``auto``:
+            bfloat16 where it is native on the training device, float32 elsewhere.
         **kwargs: :class:`PolicyModule`'s arguments (policy, optimizer, scheduler, beam width, metrics, filters,
             ``max_skipped_steps``).
     """
@@ -83,7 +84,7 @@ class SFTModule(PolicyModule):
     #: SFT trains on history windows (``configs/data/<name>.yaml``)
     required_train_mode = "sft"
 
-    def __init__(self, train_dtype: Literal["float32", "bfloat16"] = "float32", **kwargs: Any) -> None:
+    def __init__(self, train_dtype: Literal["float32", "bfloat16", "auto"] = "float32", **kwargs: Any) -> None:
         super().__init__(train_dtype=train_dtype, **kwargs)  # checked (and the autocast made) by PolicyModule
 
     def _autocast(self, device: torch.device):  # noqa: ANN202

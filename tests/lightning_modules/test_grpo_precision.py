@@ -146,4 +146,21 @@ def test_model_help_lists_the_new_arguments(cls, capsys):
     assert exit_info.value.code == 0
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert "--model.max_skipped_steps MAX_SKIPPED_STEPS optimizer steps in a row skipped" in out
-    assert "--model.train_dtype {float32,bfloat16} ``float32``, or ``bfloat16``" in out
+    assert "--model.train_dtype {float32,bfloat16,auto} ``float32``, or ``bfloat16``" in out
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_train_dtype_is_bfloat16_only_where_native(native, monkeypatch):
+    """``train_dtype: auto`` (the shipped SFT default) trains in bfloat16 on a CPU with native bfloat16 matmuls and in
+    float32 on one without (where emulated bfloat16 is several times slower); an explicit choice is kept."""
+    from adagrpo.lightning_modules import base
+    from adagrpo.lightning_modules.sft import SFTModule
+
+    monkeypatch.setattr(base, "bf16_native_cpu", lambda: native)
+    cpu = torch.device("cpu")
+    auto = SFTModule(train_dtype="auto")
+    assert auto.resolved_train_dtype(cpu) == ("bfloat16" if native else "float32")
+    with auto.train_autocast(cpu):
+        assert torch.is_autocast_enabled("cpu") == native
+    assert SFTModule(train_dtype="float32").resolved_train_dtype(cpu) == "float32"
+    assert SFTModule(train_dtype="bfloat16").resolved_train_dtype(cpu) == "bfloat16"
