@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         message = f"{type(found).__name__}: {found}"
         print(f"adagrpo {argv[0]}: {message}", file=sys.stderr)
         print("(set ADAGRPO_DEBUG=1 to see the traceback)", file=sys.stderr)
-        tag_failed_run(message)
+        if argv[0] in LIGHTNING_SUBCOMMANDS:  # a project command has no MLflow run of its own to mark
+            tag_failed_run(message)
         sys.exit(USER_ERROR)
     print(f"adagrpo: unknown command {argv[0]!r}; run `adagrpo --help`", file=sys.stderr)
     sys.exit(2)

@@ -106,15 +106,13 @@ def cmd_compare(argv: list[str]) -> int:
                         "studies run in parallel into separate SQLite files); the comparison is logged to the first")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the outputs as an MLflow run")
     args = parser.parse_args(argv)
-    from adagrpo.compare import CompareError, run_compare
+    from adagrpo.compare import run_compare
 
-    try:
-        table, csv_paths, png = run_compare(args.experiment, args.tracking_uri, args.out, args.metric,
-                                           log_to_mlflow=not args.no_mlflow, paired_with=args.paired,
-                                           also_from=args.also_from)
-    except CompareError as err:
-        print(f"adagrpo compare: {err}", file=sys.stderr)
-        return 1
+    # A CompareError (no store, experiment, runs or metric; an unknown --paired variant) ends the command in
+    # adagrpo.cli.main: one line, exit code 2.
+    table, csv_paths, png = run_compare(args.experiment, args.tracking_uri, args.out, args.metric,
+                                       log_to_mlflow=not args.no_mlflow, paired_with=args.paired,
+                                       also_from=args.also_from)
     print(table)
     print("")
     for path in csv_paths:
@@ -161,9 +159,8 @@ def cmd_analyze(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import json as _json
 
-    from adagrpo.errors import ConfigError, DataError
+    from adagrpo.datamodules.errors import missing_file
     from adagrpo.lightning_modules.analysis import format_strata, load_policy, plot_strata, stratified_analysis
-    from adagrpo.lightning_modules.base import IncompatibleCheckpoint
     from adagrpo.lightning_modules.crossfit import CrossFitReward
     from adagrpo.lightning_modules.reward import TrainedReward
 
@@ -189,9 +186,8 @@ def cmd_analyze(argv: list[str]) -> int:
                                      auc_threshold=args.auc_threshold, train_prompts=args.train_prompts,
                                      post_hoc=args.post_hoc, max_users=args.max_users, batch_size=args.batch_size,
                                      heldout_only=args.heldout_only)
-    except (IncompatibleCheckpoint, FileNotFoundError, DataError, ConfigError) as err:
-        print(f"adagrpo analyze: {err}", file=sys.stderr)
-        return 1
+    except FileNotFoundError as err:  # the project's own errors (data, config, checkpoint) end in adagrpo.cli.main
+        raise missing_file(err.filename or str(err)) from err
     result.settings.update({"sft": args.sft, "reward": args.reward, "data": args.data})
     table = format_strata(result)
     out = Path(args.out)

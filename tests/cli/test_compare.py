@@ -137,7 +137,7 @@ def test_cli_unknown_paired_variant_fails_cleanly(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["compare", "--experiment", EXP, "--tracking-uri", first, "--paired", "missing",
               "--out", str(tmp_path / "out"), "--no-mlflow"])
-    assert exit_.value.code == 1
+    assert exit_.value.code == 2
     assert "--paired 'missing': no such variant (variants: ['sft'])" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written before the error
 

@@ -1,4 +1,5 @@
-"""Fixtures of the reliability tests: a tiny RL DataModule on the conftest world and a two-step SFT checkpoint."""
+"""Fixtures of the reliability tests: a tiny RL DataModule on the conftest world, a two-step SFT checkpoint, and a
+working directory with its own MLflow store and run records for commands through the CLI."""
 
 from __future__ import annotations
 
@@ -27,3 +28,15 @@ def sft_ckpt(tiny_world_dm, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("sft") / "sft.ckpt"
     trainer.save_checkpoint(path)
     return str(path)
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """``tmp_path`` as the working directory of ``adagrpo`` commands: its own ``mlflow.db`` and ``runs/``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("ADAGRPO_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("ADAGRPO_EXPERIMENT", "")
+    monkeypatch.setenv("ADAGRPO_RECORD_DIR", "")
+    monkeypatch.setenv("ADAGRPO_DEBUG", "")
+    return tmp_path

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +14,56 @@ import lightning as L
 from adagrpo import datamodules
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parents[1] / "configs"
+EXPERIMENT = "synthetic"  # the experiment of the shipped configs
+
+# A tiny SFT through the real CLI: the shipped config on a 150-user world, the tiny policy, 4 batches, 40 eval users.
+SFT = ["--config", str(CONFIGS / "experiments" / "sft.yaml"),
+       "--model.init_args.policy", str(CONFIGS / "model" / "policy_tiny.yaml"),
+       "--data.init_args.source.init_args.num_users", "150", "--data.init_args.source.init_args.num_items", "100",
+       "--data.init_args.max_eval_samples", "40", "--data.init_args.max_test_samples", "40",
+       "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "1",
+       "--trainer.enable_progress_bar", "false"]
+
+
+def run(argv: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001 — pytest's capsys
+    """``adagrpo <argv>`` in-process: exit code and stderr."""
+    from adagrpo.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:
+        rc = exit_.code if isinstance(exit_.code, int) else 1
+    return int(rc or 0), capsys.readouterr().err
+
+
+def mlflow_runs(root: Path, name: str, experiment: str = EXPERIMENT) -> list:
+    """The MLflow runs named ``name`` in ``root/mlflow.db``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == name]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of an ``adagrpo`` subprocess: one thread, this folder importable (for the callbacks here)."""
+    return {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "OMP_NUM_THREADS": "1", **extra}
+
+
+def subprocess_fit(root: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m adagrpo fit <args>`` in ``root``, with a periodic checkpoint every 3 steps."""
+    return subprocess.run([sys.executable, "-m", "adagrpo", "fit", *args], env=cli_env(ADAGRPO_RESUME_EVERY="3"),
+                          cwd=root, capture_output=True, text=True, timeout=600)
+
+
+def kill_after(step: int) -> str:
+    """The option that adds :class:`KillAfterSaves` to a fit: SIGKILL once its periodic checkpoint holds ``step``."""
+    killer = {"class_path": "reliability_helpers.KillAfterSaves", "init_args": {"step": step}}
+    return f"--trainer.callbacks+={json.dumps(killer)}"
 
 
 def world_kwargs() -> dict:

@@ -1,61 +1,19 @@
 """Runs through the real `adagrpo` CLI on a tiny SFT: a rerun never silently replaces a recorded fit (refused with
 exit code 2 and nothing changed; --force replaces), a fit that fails on the project's own error exits 2 with one
 line and tags its FAILED MLflow run, and a fit killed with SIGKILL after its second periodic checkpoint resumes
-with the documented command to the uninterrupted run's final numbers, in one MLflow run."""
+with the documented command to the uninterrupted run's final numbers, in one MLflow run (SFT, and AdaGRPO from the
+SFT checkpoint)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import tree_digest
+from reliability_helpers import CONFIGS, EXPERIMENT, SFT, kill_after, mlflow_runs, run, subprocess_fit, tree_digest
 
 from adagrpo.cli import main
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs"
-HERE = Path(__file__).resolve().parent
-EXPERIMENT = "synthetic"
-
-SFT = ["--config", str(CONFIGS / "experiments" / "sft.yaml"),
-       "--model.init_args.policy", str(CONFIGS / "model" / "policy_tiny.yaml"),
-       "--data.init_args.source.init_args.num_users", "150", "--data.init_args.source.init_args.num_items", "100",
-       "--data.init_args.max_eval_samples", "40", "--data.init_args.max_test_samples", "40",
-       "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "1",
-       "--trainer.enable_progress_bar", "false"]
-
-
-def run(argv: list[str], capsys) -> tuple[int, str]:
-    """``adagrpo <argv>`` in-process: exit code and stderr."""
-    try:
-        rc = main(argv)
-    except SystemExit as exit_:
-        rc = exit_.code if isinstance(exit_.code, int) else 1
-    return int(rc or 0), capsys.readouterr().err
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("ADAGRPO_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("ADAGRPO_EXPERIMENT", "")
-    monkeypatch.setenv("ADAGRPO_RECORD_DIR", "")
-    monkeypatch.setenv("ADAGRPO_DEBUG", "")
-    return tmp_path
-
-
-def mlflow_runs(root: Path, name: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == name]
 
 
 def test_rerun_refused_force_replaces_and_errors_tag_the_run(world, capsys):
@@ -77,7 +35,13 @@ def test_rerun_refused_force_replaces_and_errors_tag_the_run(world, capsys):
 
     rc, err = run(["fit", *SFT, "--force"], capsys)
     assert rc == 0, err
-    assert json.loads((folder / "latest.json").read_text())["mlflow_run_id"] != first["mlflow_run_id"]
+    forced = json.loads((folder / "latest.json").read_text())["mlflow_run_id"]
+    assert forced != first["mlflow_run_id"]
+    # A project command that fails after a fit in the same process leaves that fit's MLflow run as it was.
+    rc, err = run(["compare", "--experiment", "nope", "--no-mlflow"], capsys)
+    assert rc == 2 and "CompareError: no MLflow experiment named 'nope'" in err, err
+    run_ = next(r for r in mlflow_runs(world, "sft") if r.info.run_id == forced)
+    assert run_.info.status == "FINISHED" and "adagrpo.error" not in run_.data.tags
 
     # A fit that diverges: every step NaN/inf → stopped with one line, exit 2, its MLflow run FAILED with the reason;
     # the recorded fit of another run name is untouched.
@@ -100,21 +64,6 @@ def test_debug_env_shows_the_traceback(world, capsys, monkeypatch):
 
     with pytest.raises(ConfigError, match="beam_width"):
         main(["fit", *SFT, "--model.init_args.beam_width", "1000"])
-
-
-def subprocess_fit(root: Path, args: list[str]) -> subprocess.CompletedProcess:
-    """``python -m adagrpo fit <args>`` in ``root`` (one thread; a periodic checkpoint every 3 steps; this folder
-    importable, for :class:`reliability_helpers.KillAfterSaves`)."""
-    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "ADAGRPO_RESUME_EVERY": "3", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "adagrpo", "fit", *args], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=600)
-
-
-def kill_after(step: int) -> str:
-    """The option that adds a callback SIGKILLing the fit once its periodic checkpoint holds ``step``."""
-    killer = {"class_path": "reliability_helpers.KillAfterSaves", "init_args": {"step": step}}
-    return f"--trainer.callbacks+={json.dumps(killer)}"
 
 
 @pytest.mark.slow
