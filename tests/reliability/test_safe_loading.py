@@ -162,7 +162,8 @@ ALLOWED = {  # file → why it may unpickle arbitrary objects (its docstring is 
     "lightning_modules/checkpoint_io.py": "load_trusted_pickle: TorchReward(trust_pickle=True), the user's own file",
 }
 UNSAFE = re.compile(r"weights_only\s*=\s*False")
-SKIP_DIRS = {".git", ".venv", "venv", "runs", "mlruns", "node_modules", "__pycache__", ".adagrpo_cache"}
+SKIP_DIRS = {".git", ".venv", "venv", "runs", "mlruns", "node_modules", "__pycache__", ".adagrpo_cache",
+             "build", "dist"}  # build/lib: setuptools copies of the project's own files
 
 
 def unsafe_loads(root: Path) -> list[str]:
