@@ -2,14 +2,19 @@
 
 One step = rollout (G completions per prompt) + rewards + reference log-probs + loss forward + backward +
 gradient clipping + AdamW step. Both engines train the same random-init LLaMA (same weights at the
-start) on the same prompts, with the same per-item reward, on the CPU in float32.
+start) on the same prompts, with the same per-item reward, on the CPU with float32 weights; TRL and our
+default rows compute in float32, our ``bf16`` rows with ``train_dtype: bfloat16`` (rollout, reference pass and
+policy forward/backward under bfloat16 autocast, float32 attention, logits and losses).
 
 * **ours**: the real ``GRPOModule.rollout`` (our decoding engine: prompt prefilled once per user, the G
   candidates as extra cache columns; trie-constrained beam search by default, and sampling), then
   ``reference_logprobs`` and ``losses`` (one tree-attention forward for the G candidates + the ground
   truth, the prompt encoded once with gradients), the module's default balancer (NLL of the ground truth +
   GRPO; TRL has no NLL term), backward, clipping, AdamW. This is ``GRPOModule.training_step`` with μ = 1,
-  minus Lightning's bookkeeping and logging.
+  minus Lightning's bookkeeping and logging. The rollout, reference and policy passes split the batch by prompt
+  length (``decoding.prompt_groups``: no call encodes columns that are padding in all its rows). With
+  ``--bf16 yes`` (default ``auto``: where the CPU has native bfloat16 matmuls) each mode also runs with
+  ``train_dtype: bfloat16`` ("ours beam bf16", "ours sample bf16"), interleaved with the others.
 * **TRL**: ``GRPOTrainer`` on a model folder written with ``save_pretrained`` (policy and, because β > 0,
   the reference are loaded from that path) with a ``tokenizers`` WordLevel tokenizer over the SID
   vocabulary. TRL 1.16 refuses ``prefix_allowed_tokens_fn`` in ``generation_kwargs``, so the trainer's
@@ -20,13 +25,14 @@ start) on the same prompts, with the same per-item reward, on the CPU in float32
   ``on_step_begin`` to ``on_step_end`` (generation happens inside; logging after ``on_step_end`` is
   not billed).
 
-Measurements interleave (TRL step i, ours-beam step i, ours-sample step i, TRL step i+1, …: our steps run
+Measurements interleave (TRL step i, then each of our engines' step i, TRL step i+1, …: our steps run
 inside TRL's ``on_step_end`` callback) so that other jobs on a shared machine slow both alike; the first
 step of each is a warm-up; medians are reported.
 
     python -m benchmarks.grpo_step                # defaults; writes benchmarks/results/grpo_step_cpu.txt
     python -m benchmarks.grpo_step --quick        # tiny smoke run (tests)
     python -m benchmarks.grpo_step --mode beam    # ours with beam search only
+    python -m benchmarks.grpo_step --bf16 yes     # also ours with train_dtype bfloat16 (default: if native)
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from adagrpo.datamodules.semantic_ids import SPECIAL_TOKENS, SidVocab  # noqa: E402
 from adagrpo.datamodules.sequence import PromptBatch  # noqa: E402
 from adagrpo.datamodules.trie import CatalogTrie  # noqa: E402
+from adagrpo.lightning_modules.base import bf16_native_cpu  # noqa: E402
 from adagrpo.lightning_modules.decoding import DecodingEngine  # noqa: E402
 from adagrpo.lightning_modules.gating import combine_gates  # noqa: E402
 from adagrpo.lightning_modules.grpo import GRPOModule  # noqa: E402
@@ -79,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--codebook", type=int, default=256, help="codes per level (3 levels)")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each engine (after one warm-up step)")
     p.add_argument("--mode", default="both", choices=["beam", "sample", "both"], help="our rollout mode(s)")
+    p.add_argument("--bf16", default="auto", choices=["auto", "yes", "no"],
+                   help="also run each of our modes with train_dtype bfloat16 (auto: where the CPU multiplies "
+                        "bfloat16 natively, AVX512-BF16/AMX)")
     p.add_argument("--beta", type=float, default=0.001, help="KL weight (> 0: both engines run a reference)")
     p.add_argument("--epsilon", type=float, default=0.2, help="PPO clip range (both sides)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (both; weight decay 0)")
@@ -137,13 +147,13 @@ class TableReward(RewardModel):
         return self.table.to(items.device)[items.clamp_min(0)].masked_fill(items < 0, 0.0)
 
 
-def build_ours(model: torch.nn.Module, engine: DecodingEngine, table: torch.Tensor, mode: str, args: argparse.Namespace
-               ) -> tuple[GRPOModule, torch.optim.Optimizer]:
+def build_ours(model: torch.nn.Module, engine: DecodingEngine, table: torch.Tensor, mode: str, args: argparse.Namespace,
+               train_dtype: str = "float32") -> tuple[GRPOModule, torch.optim.Optimizer]:
     """A GRPOModule wired by hand (no SFT checkpoint, no DataModule): its own copy of the initial policy,
     a frozen reference copy, the engine, the table reward; all other settings are the module's defaults."""
     m = GRPOModule(init_from="<benchmark: random init>", reward=TableReward(table), num_generations=args.group,
                    rollout_mode=mode, constrained=True, temperature=1.0, beta=args.beta,
-                   epsilon_low=args.epsilon, epsilon_high=args.epsilon, mu=1, grad_clip=1.0)
+                   epsilon_low=args.epsilon, epsilon_high=args.epsilon, mu=1, grad_clip=1.0, train_dtype=train_dtype)
     m.policy = copy.deepcopy(model)
     object.__setattr__(m, "reference", copy.deepcopy(model).eval().requires_grad_(False))
     m.engine = engine
@@ -307,7 +317,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
-    modes = ["beam", "sample"] if args.mode == "both" else [args.mode]
+    bf16_native = bf16_native_cpu()
+    with_bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and bf16_native)
+    # our engines: "<mode>" (float32) and "<mode> bf16" (train_dtype bfloat16), run one after another per TRL step
+    modes = [m + suffix for m in (["beam", "sample"] if args.mode == "both" else [args.mode])
+             for suffix in ("", " bf16")[: 1 + with_bf16]]
     n_steps = args.steps + 1  # + warm-up
     b, g = args.batch, args.group
 
@@ -323,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
     p_len = batches[0].prompt_ids.shape[1]
     n_short = sum(int((bt.prompt_mask.sum(1) < p_len).sum()) for bt in batches)
 
-    ours = {mode: build_ours(model, engine, table, mode, args) for mode in modes}
+    ours = {mode: build_ours(model, engine, table, mode.split()[0], args,
+                             "bfloat16" if mode.endswith("bf16") else "float32") for mode in modes}
     ours_times: dict[str, list[float]] = {mode: [] for mode in modes}
     ours_cpu: dict[str, list[float]] = {mode: [] for mode in modes}
     ours_phases: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
@@ -449,7 +464,9 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [
         f"GRPO step benchmark  {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-        f"python {platform.python_version()}, device cpu, dtype float32, threads {torch.get_num_threads()}",
+        f"python {platform.python_version()}, device cpu, float32 weights; compute float32 (TRL, ours)"
+        + (", bfloat16 autocast (ours bf16)" if with_bf16 else "")
+        + f"; CPU bfloat16 matmuls native: {bf16_native}; threads {torch.get_num_threads()}",
         f"model: LLaMA hidden {args.hidden}, {args.layers} layers, {args.heads} heads, {n_params / 1e6:.2f}M params "
         f"(random init, same weights for every engine); vocab {vocab.vocab_size}",
         f"catalogue: {args.items} random distinct SIDs, 3 x {args.codebook} codes; reward: fixed random score per item",
@@ -457,15 +474,17 @@ def main(argv: list[str] | None = None) -> dict:
         f"({n_short}/{b * n_steps} users shorter, left-padded), beta={args.beta}, eps={args.epsilon}, mu=1, "
         f"AdamW lr {args.lr}, clip 1.0; {args.steps} timed steps after 1 warm-up, interleaved TRL/ours",
         "",
-        f"{'engine':<26}{'median s/step':>14}{'prompts/s':>11}{'CPU s/step':>12}{'ours/TRL':>10}",
+        f"{'engine':<32}{'med s/step':>10}{'prompts/s':>11}{'CPU s/step':>12}{'ours/TRL':>10}",
     ]
     for mode in modes:
         s, c = rows[mode]
-        lines.append(f"{'ours ' + mode + ' (constrained)':<26}{s:>14.3f}{b / s:>11.2f}{c:>12.2f}{trl_s / s:>9.1f}x")
-        result[f"ours_{mode}_prompts_per_s"] = b / s
-        result[f"ratio_{mode}"] = trl_s / s
-        result[f"cpu_ratio_{mode}"] = trl_cpu / c
-    lines.append(f"{'TRL GRPOTrainer (sample)':<26}{trl_s:>14.3f}{b / trl_s:>11.2f}{trl_cpu:>12.2f}{1:>9.1f}x")
+        label = f"ours {mode.split()[0]} (constrained{', bf16' if mode.endswith('bf16') else ''})"
+        lines.append(f"{label:<32}{s:>10.3f}{b / s:>11.2f}{c:>12.2f}{trl_s / s:>9.1f}x")
+        key = mode.replace(" ", "_")
+        result[f"ours_{key}_prompts_per_s"] = b / s
+        result[f"ratio_{key}"] = trl_s / s
+        result[f"cpu_ratio_{key}"] = trl_cpu / c
+    lines.append(f"{'TRL GRPOTrainer (sample)':<32}{trl_s:>10.3f}{b / trl_s:>11.2f}{trl_cpu:>12.2f}{1:>9.1f}x")
     lines.append("")
     lines.append("ours, median seconds per phase: " + "; ".join(
         f"{mode}: " + ", ".join(f"{ph} {med([p[ph] for p in ours_phases[mode]]):.3f}" for ph in PHASES)
@@ -495,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(table_txt + "\n")
         print(f"written to {out}")
-    result.update(load_start=load_start, load_end=load_end,
+    result.update(load_start=load_start, load_end=load_end, bf16_native=bf16_native,
                   ours_phases={m: {ph: med([p[ph] for p in ours_phases[m]]) for ph in PHASES} for m in modes})
     return result
 
