@@ -418,7 +418,7 @@ class GRPOModule(PolicyModule):
         hit = self.hit_bonus * (items == batch.target[:, None]).float()  # [B, G]
         # Items the user already has: nobody re-consumes in the logs, so a repeat is a wasted slot. It is its own
         # reward component, sized by the group's reward spread so that it means the same at any reward scale.
-        repeat = (items[:, :, None] == batch.history[:, None, :]).any(-1) & (items >= 0)  # [B, G]
+        repeat = (items[:, :, None] == batch.seen_items[:, None, :]).any(-1) & (items >= 0)  # [B, G]
         repeat_term = -self.repeat_penalty * repeat.float() * group_spread(raw, valid & ~repeat)  # [B, G]
         rewards = penalise_invalid(raw + hit + repeat_term, valid, self.invalid_penalty, self.invalid_margin)
         advantages, zero_std = self.advantages(rewards)
@@ -557,7 +557,7 @@ class GRPOModule(PolicyModule):
 
     def excluded(self, batch: PromptBatch) -> torch.Tensor | None:
         """Items the rollouts may not propose ``[B, H]`` (the user's history) when ``exclude_seen``; else None."""
-        return batch.history if self.exclude_seen else None
+        return batch.seen_items if self.exclude_seen else None
 
     # ------------------------------------------------------------------------------- training
     def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:

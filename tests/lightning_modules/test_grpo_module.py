@@ -416,6 +416,7 @@ def test_repeats_are_a_separate_component_scaled_by_the_group_spread(rl_dm, sft_
     batch = copy.copy(batch)
     batch.history = batch.history.clone()
     batch.history[:, 0] = first  # the same prompt decodes the same beams: candidate 0 is now a repeat
+    batch.seen = None  # the (edited) history stands for everything the user had
     ro = g.rollout(batch)
     assert ro.repeat[:, 0].all()
     expected = (ro.items[:, :, None] == batch.history[:, None, :]).any(-1) & (ro.items >= 0)
