@@ -112,7 +112,9 @@ class RunRecorder(Callback):
         if trainer.is_global_zero:
             dest.parent.mkdir(parents=True, exist_ok=True)
         trainer.strategy.barrier("adagrpo_resume_dir")
-        trainer.save_checkpoint(str(tmp))
+        # second argument: Trainer.save_checkpoint's weights_only, a save option (False = the full training state,
+        # as ModelCheckpoint passes it); unset, Lightning logs a 'defaulting to False' line at every save
+        trainer.save_checkpoint(str(tmp), False)
         if trainer.is_global_zero:
             if tmp.is_dir():  # a sharded checkpoint is a folder
                 shutil.rmtree(dest, ignore_errors=True)
@@ -134,7 +136,7 @@ class RunRecorder(Callback):
             return  # a checkpoint (and so "last") was written at the final step already
         path = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
         ckpt.last_model_path = str(path)
-        trainer.save_checkpoint(str(path))
+        trainer.save_checkpoint(str(path), False)  # the full training state (see save_resume_checkpoint)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.interrupted or trainer.fast_dev_run:

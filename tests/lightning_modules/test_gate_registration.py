@@ -8,10 +8,9 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import yaml
+from grpo_helpers import TINY, quiet_trainer
 from jsonargparse import ArgumentParser
-from test_grpo_module import quiet_trainer, train_sft_checkpoint, world_source
 
-from adagrpo import datamodules
 from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules import gating
 from adagrpo.lightning_modules.base import CKPT_KEY
@@ -20,20 +19,6 @@ from adagrpo.lightning_modules.grpo import GRPOModule
 from adagrpo.lightning_modules.policy import LlamaPolicy
 from adagrpo.lightning_modules.reward import OracleReward
 from adagrpo.lightning_modules.sft import SFTModule
-
-TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-
-
-@pytest.fixture(scope="module")
-def rl_dm():
-    dm = datamodules.SeqRecDataModule(**world_source(0), train_mode="prompts", batch_size=16, eval_batch_size=32)
-    dm.prepare()
-    return dm
-
-
-@pytest.fixture(scope="module")
-def sft_ckpt(tiny_world_dm, tmp_path_factory) -> str:
-    return train_sft_checkpoint(tiny_world_dm, tmp_path_factory.mktemp("sft") / "sft.ckpt")
 
 
 def quantile_gate(name: str) -> gating.PolicyDifficultyGate:

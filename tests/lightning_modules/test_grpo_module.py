@@ -13,6 +13,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from grpo_helpers import make_grpo, quiet_trainer, train_sft_checkpoint, world_source
 
 from adagrpo import datamodules
 from adagrpo.callbacks.gates import Gate, PolicyDifficultyGate, RewardDiscriminabilityGate
@@ -20,65 +21,8 @@ from adagrpo.lightning_modules.balancers import FixedWeight, GatedBalance
 from adagrpo.lightning_modules.base import IncompatibleCheckpoint
 from adagrpo.lightning_modules.decoding import additive_mask, candidate_logits, prompt_attention, token_logprobs
 from adagrpo.lightning_modules.grpo import GRPOModule
-from adagrpo.lightning_modules.policy import LlamaPolicy
 from adagrpo.lightning_modules.reward import OracleReward, RewardModel, RewardModelModule, TrainedReward
-from adagrpo.lightning_modules.sft import SFTModule, sft_loss
-
-TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-
-
-def world_source(seed: int = 0):
-    # Same world and SID settings as the conftest `tiny_world_dm` (so checkpoints trained there fit here).
-    return dict(
-        source=datamodules.SyntheticSource(num_users=200, num_items=120, max_length=20, seed=seed),
-        sids=datamodules.RQKMeansSids(embeddings=datamodules.TextEmbeddings(dim=16), levels=3, codebook_size=8,
-                                      iters=20),
-        max_history=5,
-        use_cache=False,
-    )
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    base = dict(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False,
-                enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
-    base.update(kwargs)
-    return L.Trainer(**base)
-
-
-def train_sft_checkpoint(dm, path) -> str:
-    L.seed_everything(0)
-    module = SFTModule(policy=LlamaPolicy(**TINY))
-    module.attach(dm)
-    module.configure_model()
-    trainer = quiet_trainer(max_steps=2)
-    trainer.fit(module, datamodule=dm)
-    trainer.save_checkpoint(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def rl_dm():
-    dm = datamodules.SeqRecDataModule(**world_source(0), train_mode="prompts", batch_size=16, eval_batch_size=32)
-    dm.prepare()
-    return dm
-
-
-@pytest.fixture(scope="module")
-def sft_ckpt(tiny_world_dm, tmp_path_factory) -> str:
-    return train_sft_checkpoint(tiny_world_dm, tmp_path_factory.mktemp("sft") / "sft.ckpt")
-
-
-@pytest.fixture(scope="module")
-def batch(rl_dm):
-    return next(iter(rl_dm.train_dataloader()))
-
-
-def make_grpo(rl_dm, sft_ckpt, reward: RewardModel | None = None, **kwargs) -> GRPOModule:
-    kwargs.setdefault("num_generations", 4)
-    module = GRPOModule(init_from=sft_ckpt, reward=reward or OracleReward(), **kwargs)
-    module.attach(rl_dm)
-    module.configure_model()
-    return module
+from adagrpo.lightning_modules.sft import sft_loss
 
 
 # ============================================================================ (a) step 0: ratio 1, KL 0

@@ -10,33 +10,13 @@ import re
 import lightning as L
 import pytest
 import torch
-from test_grpo_module import make_grpo, quiet_trainer, train_sft_checkpoint, world_source
+from grpo_helpers import TINY, make_grpo, quiet_trainer
 
-from adagrpo import datamodules
 from adagrpo.errors import ConfigError
 from adagrpo.lightning_modules.finite import NonFiniteTraining
 from adagrpo.lightning_modules.grpo import GRPOModule
 from adagrpo.lightning_modules.policy import LlamaPolicy
 from adagrpo.lightning_modules.sft import SFTModule
-
-TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-
-
-@pytest.fixture(scope="module")
-def rl_dm():
-    dm = datamodules.SeqRecDataModule(**world_source(0), train_mode="prompts", batch_size=16, eval_batch_size=32)
-    dm.prepare()
-    return dm
-
-
-@pytest.fixture(scope="module")
-def sft_ckpt(tiny_world_dm, tmp_path_factory) -> str:
-    return train_sft_checkpoint(tiny_world_dm, tmp_path_factory.mktemp("sft") / "sft.ckpt")
-
-
-@pytest.fixture(scope="module")
-def batch(rl_dm):
-    return next(iter(rl_dm.train_dataloader()))
 
 
 def step(g: GRPOModule, batch, ro):
