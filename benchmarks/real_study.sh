@@ -3,7 +3,7 @@
 # exposure (popularity^1 + co-occurrence logging policy), the fixed mixtures λ ∈ {0.1, 0.3, 1.0}, pure GRPO,
 # AdaGRPO and its two single-diagnostic ablations — all from the same SFT start, same steps, one seed.
 # CPU sizes by default (policy_mini, a capped number of RL steps and test users); on a GPU pass
-#   POLICY=configs/model/policy_small.yaml TRAINER_OVERLAY=configs/trainer/gpu.yaml SFT_EPOCHS=30 RL_STEPS=600 \
+#   POLICY=configs/model/policy_small.yaml TRAINER_OVERLAY=configs/trainer/gpu.yaml SFT_STEPS=3000 RL_STEPS=600 \
 #   TEST_USERS=0
 # SFT_ONLY=1 stops after the SFT stage and its test.
 #
@@ -15,7 +15,15 @@ DATASET=${1:?usage: real_study.sh beauty|industrial}
 EXP=$DATASET-study
 RUNS=${ADAGRPO_RUNS:-runs}
 POLICY=${POLICY:-configs/model/policy_mini.yaml}
-SFT_EPOCHS=${SFT_EPOCHS:-20}
+# SFT length in optimizer steps (a ceiling; EarlyStopping of sft.yaml ends it), validation every SFT_VAL_EVERY steps:
+# the rule of configs/experiments/sft.yaml, so Beauty (~88 steps/epoch at batch 256) and Industrial (~33) both get
+# enough updates (the former 20 epochs gave Industrial 660 steps and Beauty 1,760).
+SFT_STEPS=${SFT_STEPS:-1500}
+SFT_VAL_EVERY=${SFT_VAL_EVERY:-100}
+# SFT_EPOCHS (the earlier interface, used by the commands in beauty_study.md / industrial_study.md): an epoch count
+# instead of the step budget.
+SFT_LEN=(--trainer.max_steps "$SFT_STEPS")
+[ -n "${SFT_EPOCHS:-}" ] && SFT_LEN=(--trainer.max_epochs "$SFT_EPOCHS" --trainer.max_steps -1)
 RM_EPOCHS=${RM_EPOCHS:-3}
 RL_STEPS=${RL_STEPS:-150}
 RL_VAL_EVERY=${RL_VAL_EVERY:-50}   # validation (and best-checkpoint selection) every N RL steps
@@ -27,7 +35,8 @@ CAP=()
 
 # SFT (all test users: HR@K, NDCG@K, hallucination).
 fit_once sft --config configs/experiments/sft.yaml "${TRAINER[@]}" --data "configs/data/$DATASET.yaml" \
-    --model.init_args.policy "$POLICY" --experiment "$EXP" --run_name sft --trainer.max_epochs "$SFT_EPOCHS" \
+    --model.init_args.policy "$POLICY" --experiment "$EXP" --run_name sft "${SFT_LEN[@]}" \
+    --trainer.val_check_interval "$SFT_VAL_EVERY" \
     --data.init_args.max_eval_samples 2000
 python -m adagrpo test --config configs/experiments/sft.yaml "${TRAINER[@]}" --data "configs/data/$DATASET.yaml" \
     --model.init_args.policy "$POLICY" --experiment "$EXP" --run_name sft
