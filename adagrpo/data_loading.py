@@ -13,12 +13,14 @@ def load_datamodule(config: str, overrides: list[str] | None = None):
     import yaml
     from jsonargparse import ArgumentParser
 
+    from adagrpo.datamodules.errors import missing_file
     from adagrpo.datamodules.sequence import SeqRecDataModule
+    from adagrpo.errors import DataError
     from adagrpo.resources import read_config
 
     path = Path(config)
-    if not path.exists():
-        raise SystemExit(f"adagrpo: config file not found: {config}")
+    if not path.is_file():
+        raise missing_file(path, "config file not found")
     top = read_config(path) or {}  # an experiment variant's data: may come from its base: config
     parser = ArgumentParser(parser_mode="omegaconf", exit_on_error=False)
     parser.add_subclass_arguments(SeqRecDataModule, "data", required=True)
@@ -35,6 +37,7 @@ def load_datamodule(config: str, overrides: list[str] | None = None):
                 cfg = parser.parse_args(list(overrides), namespace=cfg)
             return parser.instantiate_classes(cfg).data
     else:
-        raise SystemExit(f"adagrpo: {config} is neither a data config (class_path: …) nor has a `data:` entry")
+        raise DataError("neither a data config (class_path: …) nor an experiment config with a `data:` entry",
+                        file=path)
     cfg = parser.parse_args(args + list(overrides or []))
     return parser.instantiate_classes(cfg).data

@@ -73,6 +73,17 @@ def test_analyze_errors_exit_2_with_one_line(world, capsys, monkeypatch):
     line = one_line(err, "analyze")
     assert line.startswith("adagrpo analyze: DataError: ") and str(world / "no_such.txt") in line
     assert not out.exists()
+    # the data config itself missing, or not a data config: the same one line naming the file, exit 2
+    rc, err = run(["analyze", "--data", str(world / "no_such.yaml"), "--sft", str(garbage), "--reward", str(garbage),
+                   "--out", str(out)], capsys)
+    assert rc == 2
+    line = one_line(err, "analyze")
+    assert line.startswith("adagrpo analyze: DataError: ") and "config file not found" in line
+    assert str(world / "no_such.yaml") in line
+    (world / "not_data.yaml").write_text("trainer:\n  max_steps: 1\n")
+    rc, err = run(["analyze", "--data", str(world / "not_data.yaml"), "--sft", str(garbage), "--reward",
+                   str(garbage), "--out", str(out)], capsys)
+    assert rc == 2 and str(world / "not_data.yaml") in one_line(err, "analyze") and not out.exists()
 
     monkeypatch.setenv("ADAGRPO_DEBUG", "1")
     from adagrpo.lightning_modules.checkpoint_io import IncompatibleCheckpoint
