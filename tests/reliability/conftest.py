@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-from reliability_helpers import TINY, quiet_trainer, world_kwargs
+from reliability_helpers import TINY
+from tiny_world import quiet_trainer
+from tiny_world import tiny_world_kwargs as world_kwargs
 
 from adagrpo import datamodules
 from adagrpo.lightning_modules.policy import LlamaPolicy

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import lightning as L
 
-from adagrpo import datamodules
-
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
 HERE = Path(__file__).resolve().parent
@@ -64,24 +62,6 @@ def kill_after(step: int) -> str:
     """The option that adds :class:`KillAfterSaves` to a fit: SIGKILL once its periodic checkpoint holds ``step``."""
     killer = {"class_path": "reliability_helpers.KillAfterSaves", "init_args": {"step": step}}
     return f"--trainer.callbacks+={json.dumps(killer)}"
-
-
-def world_kwargs() -> dict:
-    # The conftest `tiny_world_dm` world and SIDs, so SFT checkpoints trained there fit here.
-    return dict(
-        source=datamodules.SyntheticSource(num_users=200, num_items=120, max_length=20, seed=0),
-        sids=datamodules.RQKMeansSids(embeddings=datamodules.TextEmbeddings(dim=16), levels=3, codebook_size=8,
-                                      iters=20),
-        max_history=5,
-        use_cache=False,
-    )
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    base = dict(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False,
-                enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
-    base.update(kwargs)
-    return L.Trainer(**base)
 
 
 def tree_digest(*roots: Path) -> str:

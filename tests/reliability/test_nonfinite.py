@@ -8,7 +8,8 @@ import math
 import lightning as L
 import pytest
 import torch
-from reliability_helpers import TINY, quiet_trainer
+from reliability_helpers import TINY
+from tiny_world import quiet_trainer
 from torch import nn
 
 from adagrpo.lightning_modules.finite import (

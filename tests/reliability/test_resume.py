@@ -6,7 +6,8 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from reliability_helpers import TINY, quiet_trainer
+from reliability_helpers import TINY
+from tiny_world import quiet_trainer
 
 from adagrpo.callbacks.run_recorder import RESUME_CKPT, RunRecorder
 from adagrpo.datamodules.resumable import ResumableLoader
