@@ -334,7 +334,8 @@ def cmd_export(argv: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "prepare": ("validate a dataset, build semantic IDs and the trie, print statistics", cmd_prepare),
-    "quickstart": ("the whole method on the synthetic world: SFT, reward model, GRPO vs AdaGRPO, comparison",
+    "quickstart": ("the paper's question on the synthetic world: SFT, calibration, control vs GRPO vs AdaGRPO vs "
+                   "oracle gate (~12 min on 2 cores)",
                    cmd_quickstart),
     "compare": ("compare the runs of an MLflow experiment (table, CSV, HR@10–hallucination frontier)", cmd_compare),
     "analyze": ("stratified analysis: HR@K per stratum of pre-outcome user strata (gates on training prompts, "
