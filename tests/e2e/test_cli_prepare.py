@@ -164,8 +164,12 @@ def test_prepare_bad_data_path_exits_2_naming_the_file(tmp_path, monkeypatch, ca
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
-def test_prepare_missing_config_fails(tmp_path, monkeypatch):
+def test_prepare_missing_config_fails(tmp_path, monkeypatch, capsys):
+    # the project's error exit (2) with one line naming the file, as for every other bad input
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
         main(["prepare", "--config", str(tmp_path / "nope.yaml")])
-    assert "nope.yaml" in str(info.value.code)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adagrpo prepare: ") and str(tmp_path / "nope.yaml") in err[0]
+    assert "config file not found" in err[0]
