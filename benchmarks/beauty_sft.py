@@ -242,6 +242,8 @@ def _plot(results: dict[str, dict]) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for name, rec in results.items():
+        if rec.get("experiment", EXPERIMENT) != EXPERIMENT:  # another dataset (Industrial): not on Beauty's axes
+            continue
         for ax, key in zip(axes, ("val/hr_10", "val/ndcg_10")):
             pts = rec["history"].get(key, [])
             if pts:
